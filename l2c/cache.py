@@ -1,0 +1,306 @@
+"""The layer-cache engine: a static schedule over (step, block, branch) and the engine that applies
+it to a model's blocks by composition.
+
+A *sub-layer* is one residual branch of a block (attention or MLP); sub-layer ``j = 2*b + s`` is
+block ``b``'s attention (``s = 0``) or MLP (``s = 1``), the official routers' index convention.
+Steps count model evaluations in sampling order (``k = 0`` is the noisiest).
+
+What is cached is the branch output before the adaLN gate and the residual add (l2c-method.md):
+on a step that reuses a sub-layer, its norm/modulate/branch are skipped and the most recently
+computed output of that sub-layer is used; the gate and residual stream are the current ones.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .io import L2CError, atomic_path, load_torch, read_json
+from .models import BRANCHES, cacheable_blocks
+
+SCHEDULE_FORMAT = "l2c-suite/cache-schedule"
+POLICIES = ("cache", "drop")
+
+
+def default_cache_steps(nfe: int, sampler: str = "ddim") -> list[int]:
+    """Steps allowed to reuse. DDIM (official): every other step, starting with a full step, i.e.
+    odd k. DPM-Solver-2 with shifted cache steps (appendix B.1): the first evaluation of every outer
+    step but the first (0-based evaluations 2, 4, ..., NFE-2)."""
+    if sampler == "ddim":
+        return list(range(1, nfe, 2))
+    if sampler in ("dpm2", "dpm-solver-2"):
+        return list(range(2, nfe - 1, 2))
+    if sampler in ("dpm2-unshifted",):
+        return list(range(1, nfe, 2))
+    raise L2CError(f"unknown sampler {sampler!r}: expected ddim or dpm2")
+
+
+@dataclass
+class CacheSchedule:
+    """Static compute mask ``compute[step, block, branch]`` (True = compute, False = reuse) plus
+    the structural cache steps (the steps allowed to reuse; remove ratios are counted over them)."""
+
+    compute: np.ndarray
+    cache_steps: list[int]
+    model: str = ""
+    sampler: str = "ddim"
+    theta: float | None = None
+    source: str = "manual"
+    policy: str = "cache"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.compute = np.asarray(self.compute, dtype=bool)
+        if self.compute.ndim != 3 or self.compute.shape[2] != 2:
+            raise L2CError(f"schedule compute mask must have shape [NFE, blocks, 2], got {self.compute.shape}")
+        self.cache_steps = sorted(int(k) for k in self.cache_steps)
+        if self.policy not in POLICIES:
+            raise L2CError(f"schedule policy {self.policy!r} unknown: expected one of {POLICIES}")
+        if not self.compute[0].all() and self.policy == "cache":
+            raise L2CError("schedule reuses sub-layers at step 0, where nothing is cached yet: step 0 must compute everything")
+        bad = [k for k in range(self.nfe) if not self.compute[k].all() and k not in self.cache_steps]
+        if bad:
+            raise L2CError(f"schedule reuses sub-layers at steps {bad} that are not cache steps {self.cache_steps}")
+        if any(k < 0 or k >= self.nfe for k in self.cache_steps):
+            raise L2CError(f"cache steps {self.cache_steps} out of range for NFE {self.nfe}")
+
+    # -- shape ----------------------------------------------------------------------------------
+    @property
+    def nfe(self) -> int:
+        return self.compute.shape[0]
+
+    @property
+    def depth(self) -> int:
+        return self.compute.shape[1]
+
+    @property
+    def full_steps(self) -> list[int]:
+        return [k for k in range(self.nfe) if self.compute[k].all()]
+
+    @property
+    def num_reused(self) -> int:
+        return int((~self.compute).sum())
+
+    def flat(self) -> np.ndarray:
+        """[NFE, 2*blocks] mask in the official sub-layer order (2b = attention, 2b+1 = MLP)."""
+        return self.compute.reshape(self.nfe, -1)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def full(cls, nfe: int, depth: int, sampler: str = "ddim", **kw: Any) -> "CacheSchedule":
+        """Computes everything (equivalent to no schedule)."""
+        return cls(np.ones((nfe, depth, 2), bool), default_cache_steps(nfe, sampler), sampler=sampler, source=kw.pop("source", "full"), **kw)
+
+    @classmethod
+    def from_mask(cls, flat_compute: np.ndarray, cache_steps: Sequence[int], **kw: Any) -> "CacheSchedule":
+        """From a [NFE, 2*blocks] mask in the official sub-layer order."""
+        flat_compute = np.asarray(flat_compute, bool)
+        return cls(flat_compute.reshape(flat_compute.shape[0], -1, 2), list(cache_steps), **kw)
+
+    @classmethod
+    def from_router(cls, logits: torch.Tensor | np.ndarray, theta: float, cache_steps: Sequence[int], **kw: Any) -> "CacheSchedule":
+        """Threshold router logits [NFE, 2*blocks] (sampling order): at a cache step, sub-layer j is
+        computed iff sigmoid(beta) > theta (the official inference rule); other steps compute all."""
+        beta = torch.as_tensor(logits, dtype=torch.float64).cpu()
+        compute = torch.ones(beta.shape, dtype=torch.bool)
+        for k in cache_steps:
+            compute[k] = torch.sigmoid(beta[k]) > theta
+        return cls.from_mask(compute.numpy(), cache_steps, theta=float(theta), **kw)
+
+    @classmethod
+    def from_official_router(cls, path: str | os.PathLike, theta: float, sampler: str | None = None) -> "CacheSchedule":
+        """Read the authors' released router files: DiT ``DDIM{20,50}_router.pt`` ({'routers':
+        {'<i>.prob': [56]}, ...}, index i = NFE-1-k, cache steps = even i) and U-ViT
+        ``dpm{20,50}_router.pth`` ({'<i>.prob': [58]}, index i = outer step, evaluation 2i reuses)."""
+        obj = load_torch(path, "router file")
+        if isinstance(obj, dict) and "routers" in obj:
+            probs, layout = obj["routers"], "ddim"
+        elif isinstance(obj, dict) and obj and all(str(k).endswith(".prob") for k in obj):
+            probs, layout = obj, "dpm2"
+        else:
+            raise L2CError(f"router file {path}: not an official router (expected {{'routers': {{'<i>.prob': ...}}}} "
+                           "for DiT or {'<i>.prob': ...} for U-ViT)")
+        try:
+            idx = sorted(int(str(k).split(".")[0]) for k in probs)
+            beta = torch.stack([torch.as_tensor(probs[f"{i}.prob"]).float().reshape(-1) for i in idx])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise L2CError(f"router file {path}: malformed '<i>.prob' entries ({e})") from e
+        if idx != list(range(len(idx))):
+            raise L2CError(f"router file {path}: indices {idx} are not 0..N-1")
+        if beta.shape[1] % 2:
+            raise L2CError(f"router file {path}: {beta.shape[1]} sub-layers per step is odd (expected 2 per block)")
+        nfe = len(idx)
+        sampler = sampler or layout
+        if layout == "ddim":
+            beta = beta.flip(0)  # official index i = NFE-1-k -> sampling order k
+            cache_steps = [k for k in range(1, nfe) if (nfe - 1 - k) % 2 == 0]
+        else:
+            cache_steps = default_cache_steps(nfe, "dpm2")
+            by_eval = torch.full_like(beta, 10.0)
+            for k in cache_steps:
+                by_eval[k] = beta[k // 2]  # evaluation 2i reuses with router index i
+            beta = by_eval
+        return cls.from_router(beta, theta, cache_steps, sampler=sampler, source=f"official:{Path(path).name}",
+                               meta={"router_layout": layout})
+
+    # -- statistics -----------------------------------------------------------------------------
+    def remove_ratio(self) -> dict[str, float]:
+        """Share of sub-layers reused in cache steps, overall / attention / MLP (paper Table 4)."""
+        if not self.cache_steps:
+            return {"remove_ratio": 0.0, "remove_ratio_attn": 0.0, "remove_ratio_mlp": 0.0}
+        reused = ~self.compute[self.cache_steps]  # [C, blocks, 2]
+        return {
+            "remove_ratio": float(reused.mean()),
+            "remove_ratio_attn": float(reused[..., 0].mean()),
+            "remove_ratio_mlp": float(reused[..., 1].mean()),
+        }
+
+    def check_model(self, model: nn.Module) -> None:
+        depth = len(cacheable_blocks(model))
+        if depth != self.depth:
+            raise L2CError(f"schedule ({self.source}) is for a model with {self.depth} blocks ({2 * self.depth} sub-layers) "
+                           f"but {type(model).__name__} has {depth}: use a schedule/router trained for this model")
+
+    def check_nfe(self, nfe: int) -> None:
+        if nfe != self.nfe:
+            raise L2CError(f"schedule ({self.source}) has {self.nfe} steps but sampling uses NFE {nfe}: "
+                           f"use the schedule/router made for NFE {nfe}")
+
+    # -- storage --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": SCHEDULE_FORMAT, "version": 1,
+            "model": self.model, "sampler": self.sampler, "nfe": self.nfe, "depth": self.depth,
+            "theta": self.theta, "source": self.source, "policy": self.policy,
+            "cache_steps": self.cache_steps,
+            # one string per step, one character per sub-layer in the official order: 1 compute, 0 reuse
+            "compute": ["".join("1" if c else "0" for c in row) for row in self.flat()],
+            "meta": self.meta, **self.remove_ratio(),
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        import json
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CacheSchedule":
+        d = read_json(path)
+        if not isinstance(d, dict) or d.get("format") != SCHEDULE_FORMAT:
+            raise L2CError(f"{path}: not a cache schedule (missing \"format\": \"{SCHEDULE_FORMAT}\"); "
+                           "for the authors' router files use --router FILE --theta T")
+        try:
+            rows = d["compute"]
+            mask = np.array([[ch == "1" for ch in row] for row in rows], dtype=bool)
+            if mask.shape != (d["nfe"], 2 * d["depth"]):
+                raise L2CError(f"{path}: compute mask is {mask.shape}, expected ({d['nfe']}, {2 * d['depth']})")
+            return cls.from_mask(mask, d["cache_steps"], model=d.get("model", ""), sampler=d.get("sampler", "ddim"),
+                                 theta=d.get("theta"), source=d.get("source", str(path)), policy=d.get("policy", "cache"),
+                                 meta=d.get("meta", {}))
+        except KeyError as e:
+            raise L2CError(f"{path}: cache schedule lacks the key {e}") from e
+
+
+class CacheEngine:
+    """Composes caching around a model's blocks while installed (``with engine.installed():``).
+
+    Each block's ``attn_branch`` / ``mlp_branch`` is shadowed by an instance attribute that
+    consults the engine; the model class is untouched and the overrides are removed on exit.
+    Modes: ``schedule`` (static hard schedule at ``step``), ``off`` (plain), ``fill`` (compute and
+    store every branch), ``mix`` (router training: r*cached + (1-r)*fresh) and ``drop-mix``
+    (learning-to-drop: (1-r)*fresh). Caches are kept per stream (e.g. cond / uncond passes).
+    """
+
+    def __init__(self, model: nn.Module, schedule: CacheSchedule | None = None):
+        self.model = model
+        self.blocks = cacheable_blocks(model)
+        self.schedule = schedule
+        if schedule is not None:
+            schedule.check_model(model)
+            self._compute = schedule.compute.tolist()  # Python bools: no host sync in the loop
+            self._store = self._store_plan(schedule).tolist()
+        self.mode = "off"
+        self.step = 0
+        self.stream = 0
+        self.mix: torch.Tensor | None = None  # [blocks, 2] reuse weights r in mix modes
+        self.cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.calls = np.zeros((len(self.blocks), 2), dtype=np.int64)  # branch evaluations (for tests/accounting)
+
+    @staticmethod
+    def _store_plan(schedule: CacheSchedule) -> np.ndarray:
+        """store[k, b, s]: keep the output computed at step k because a later step reuses it
+        before the sub-layer is computed again (saves memory and copies otherwise)."""
+        c = schedule.compute
+        store = np.zeros_like(c)
+        needed = np.zeros(c.shape[1:], bool)  # a later step reuses, scanning backwards
+        for k in range(schedule.nfe - 1, -1, -1):
+            store[k] = c[k] & needed
+            needed = ~c[k]
+        return store & (schedule.policy == "cache")
+
+    def _branch(self, b: int, s: int, fn: Any) -> Any:
+        def run(x: torch.Tensor, *args: Any) -> torch.Tensor:
+            mode = self.mode
+            if mode == "off":
+                return fn(x, *args)
+            key = (self.stream, b, s)
+            if mode == "schedule":
+                if self._compute[self.step][b][s]:
+                    self.calls[b, s] += 1
+                    out = fn(x, *args)
+                    if self._store[self.step][b][s]:
+                        self.cache[key] = out
+                    return out
+                if self.schedule.policy == "drop":
+                    return torch.zeros_like(x)
+                return self.cache[key]
+            self.calls[b, s] += 1
+            out = fn(x, *args)
+            if mode == "fill":
+                self.cache[key] = out
+                return out
+            r = self.mix[b, s]
+            if mode == "mix":
+                return r * self.cache[key] + (1 - r) * out
+            if mode == "drop-mix":
+                return (1 - r) * out
+            raise L2CError(f"unknown cache engine mode {mode!r}")
+        return run
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["CacheEngine"]:
+        """Install the branch overrides for the duration of the block; caches are freed on exit."""
+        for b, block in enumerate(self.blocks):
+            for s, name in enumerate(BRANCHES):
+                if f"{name}_branch" in block.__dict__:
+                    raise L2CError("a cache engine is already installed on this model")
+                setattr(block, f"{name}_branch", self._branch(b, s, getattr(block, f"{name}_branch")))
+        try:
+            yield self
+        finally:
+            for block in self.blocks:
+                for name in BRANCHES:
+                    block.__dict__.pop(f"{name}_branch", None)
+            self.reset()
+
+    def reset(self) -> None:
+        """Drop every cached tensor (between batches, and on exit)."""
+        self.cache.clear()
+        self.mode = "off"
+        self.mix = None
+
+    def __call__(self, model_call: Any, *args: Any, step: int, stream: int = 0, mode: str = "schedule", mix: torch.Tensor | None = None) -> torch.Tensor:
+        """Run ``model_call(*args)`` at sampling step ``step`` (passed explicitly) in ``mode``."""
+        if mode == "schedule" and self.schedule is None:
+            mode = "off"
+        self.mode, self.step, self.stream, self.mix = mode, step, stream, mix
+        try:
+            return model_call(*args)
+        finally:
+            self.mode, self.mix = "off", None
