@@ -81,3 +81,36 @@ def macs_report(mm: ModelMacs, schedule: CacheSchedule | None, nfe: int) -> dict
         rep["num_reused"] = schedule.num_reused
         rep["cache_sublayers"] = len(schedule.cache_steps) * 2 * schedule.depth
     return rep
+
+
+def model_input_size(image_size: int, latent: bool) -> int:
+    """Network input resolution: SD-VAE latents are image/8."""
+    return image_size // 8 if latent else image_size
+
+
+def macs_for(model: str, *, image_size: int, sampler: str, nfe: int, router: str | None = None,
+             theta: float | None = None, schedule: str | None = None, latent: bool = True,
+             in_channels: int | None = None, num_classes: int = 1000) -> dict:
+    """``l2c macs``: build the model on the meta device (no memory, no weights), count, report."""
+    from .io import L2CError
+    from .models import create_model
+    opts = {"input_size": model_input_size(image_size, latent), "num_classes": num_classes}
+    if in_channels is not None:
+        opts["in_channels"] = in_channels
+    with torch.device("meta"):
+        m = create_model(model, **opts)
+        size, ch = m.input_size, m.in_channels
+        mm = count_model_macs(m, torch.zeros(1, ch, size, size), torch.zeros(1), torch.zeros(1, dtype=torch.long))
+    sched = None
+    if schedule:
+        sched = CacheSchedule.load(schedule)
+    elif router:
+        if theta is None:
+            raise L2CError("--router needs --theta (0.1 for DiT-XL/2 256 and DiT-L/2, 0.9 for DiT-XL/2 512 and U-ViT-H/2)")
+        sched = CacheSchedule.from_official_router(router, theta, sampler=sampler)
+    if sched is not None:
+        sched.check_nfe(nfe)
+        sched.check_model(m)
+    rep = macs_report(mm, sched, nfe)
+    rep.update({"model": model, "image_size": image_size, "sampler": sampler})
+    return rep

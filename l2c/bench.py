@@ -1,0 +1,123 @@
+"""``l2c bench``: latency of full vs cached sampling of the same model, side by side in one run,
+with the MACs-ideal speedup and the ratio measured / ideal (the paper's latency convention: batch 8
+with CFG, warm-up, device sync, here the median of repeats)."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .cache import CacheSchedule, default_cache_steps
+from .io import L2CError, environment_record, write_json
+from .macs import count_model_macs, macs_report
+from .models import create_model, load_model, num_sublayers
+from .sampling import sample
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def fraction_schedule(nfe: int, depth: int, fraction: float, sampler: str = "ddim", seed: int = 0) -> CacheSchedule:
+    """Reuse a seeded random ``fraction`` of the sub-layers in every cache step (a bench schedule)."""
+    rng = np.random.RandomState(seed)
+    cache_steps = default_cache_steps(nfe, sampler)
+    flat = np.ones((nfe, 2 * depth), bool)
+    k = int(round(fraction * 2 * depth))
+    for step in cache_steps:
+        flat[step, rng.permutation(2 * depth)[:k]] = False
+    return CacheSchedule.from_mask(flat, cache_steps, sampler=sampler, source=f"bench:fraction={fraction}")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_sampling(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *, repeats: int, warmup: int,
+                  autocast: Any, **kw: Any) -> list[float]:
+    """Wall-clock seconds of ``repeats`` sampling runs after ``warmup`` untimed ones."""
+    times = []
+    for r in range(warmup + repeats):
+        _sync(noise.device)
+        t0 = time.perf_counter()
+        with autocast:
+            sample(model, noise, labels, **kw)
+        _sync(noise.device)
+        if r >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_bench(model: nn.Module, schedule: CacheSchedule, *, nfe: int, sampler: str = "ddim", batch: int = 8,
+              cfg_scale: float = 1.5, repeats: int = 5, warmup: int = 1, device: str = "cpu", dtype: str = "fp32",
+              seed: int = 0) -> dict:
+    """Time full and cached sampling alternately (interleaved repeats, so drift hits both alike)."""
+    dev = torch.device(device)
+    model = model.to(dev).eval()
+    in_ch, size = model.in_channels, model.input_size
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(batch, in_ch, size, size, generator=g).to(dev)
+    labels = torch.randint(model.num_classes, (batch,), generator=g).to(dev)
+    autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype != "fp32" else nullcontext()
+    common = dict(sampler=sampler, nfe=nfe, cfg_scale=cfg_scale, autocast=autocast)
+    full, cached = [], []
+    time_sampling(model, noise, labels, repeats=0, warmup=warmup, **common)
+    time_sampling(model, noise, labels, repeats=0, warmup=warmup, schedule=schedule, **common)
+    for _ in range(repeats):
+        full += time_sampling(model, noise, labels, repeats=1, warmup=0, **common)
+        cached += time_sampling(model, noise, labels, repeats=1, warmup=0, schedule=schedule, **common)
+    mm = count_model_macs(model, noise[:1], torch.zeros(1, device=dev), labels[:1])
+    rep = macs_report(mm, schedule, nfe)
+    t_full, t_cached = statistics.median(full), statistics.median(cached)
+    measured = t_full / t_cached
+    return {
+        "nfe": nfe, "sampler": sampler, "batch": batch, "cfg_scale": cfg_scale, "repeats": repeats, "warmup": warmup,
+        "latency_full_s": t_full, "latency_cached_s": t_cached, "latency_full_all_s": full, "latency_cached_all_s": cached,
+        "speedup_measured": measured, "speedup_macs_ideal": rep["macs_ideal_speedup"],
+        "efficiency": measured / rep["macs_ideal_speedup"], "remove_ratio": rep["remove_ratio"],
+        "macs_total": rep["macs_total"], "macs_total_full": rep["macs_total_full"], "schedule_source": schedule.source,
+        "environment": environment_record(dev, dtype),
+    }
+
+
+def bench_cli(a: argparse.Namespace) -> dict:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    opts: dict[str, Any] = {"num_classes": a.num_classes}
+    opts["input_size"] = a.image_size if a.pixel else a.image_size // 8
+    if a.in_channels is not None:
+        opts["in_channels"] = a.in_channels
+    if a.checkpoint:  # our checkpoints record architecture and options; official files need --model
+        model = load_model(a.checkpoint, a.model, **({} if a.model is None else opts))
+    else:
+        torch.manual_seed(0)
+        model = create_model(a.model or "DiT-Tiny/2", **opts)
+        for p in model.parameters():  # random weights (DiT's zero-init would make the output trivial)
+            nn.init.normal_(p, std=0.02)
+    depth = num_sublayers(model) // 2
+    if a.schedule:
+        schedule = CacheSchedule.load(a.schedule)
+    elif a.router:
+        if a.theta is None:
+            raise L2CError("--router needs --theta (0.1 for DiT-XL/2 256, 0.9 for U-ViT-H/2)")
+        schedule = CacheSchedule.from_official_router(a.router, a.theta)
+    else:
+        schedule = fraction_schedule(a.nfe, depth, a.reuse_fraction if a.reuse_fraction is not None else 0.45, a.sampler)
+    res = run_bench(model, schedule, nfe=a.nfe, sampler=a.sampler, batch=a.batch, cfg_scale=a.cfg_scale,
+                    repeats=a.repeats, warmup=a.warmup, device=a.device, dtype=a.dtype)
+    env = res["environment"]
+    print(f"model {a.model or a.checkpoint} | {env['device_name']} ({env['device']}) | {a.dtype} | torch {env['torch']} | threads {env['num_threads']} | rev {env['git_revision']}")
+    print(f"sampler {a.sampler} NFE {a.nfe}, batch {a.batch}, CFG {a.cfg_scale}; schedule {res['schedule_source']} "
+          f"(remove ratio {100 * res['remove_ratio']:.2f}% in cache steps)")
+    print(f"{'':10s}{'latency (s)':>14s}{'speedup':>10s}")
+    print(f"{'full':10s}{res['latency_full_s']:14.4f}{1.0:10.3f}")
+    print(f"{'cached':10s}{res['latency_cached_s']:14.4f}{res['speedup_measured']:10.3f}")
+    print(f"MACs-ideal speedup {res['speedup_macs_ideal']:.3f}x | measured / ideal = {res['efficiency']:.3f}")
+    if a.json:
+        write_json(a.json, res)
+    return res
