@@ -74,6 +74,83 @@ def cmd_macs(a: argparse.Namespace) -> None:
               f"mlp {100 * rep['remove_ratio_mlp']:.2f}%); MACs-ideal speedup {rep['macs_ideal_speedup']:.3f}x")
 
 
+@command("sample")
+def cmd_sample(a: argparse.Namespace) -> None:
+    from .generate import SampleConfig, generate
+    d = _read_yaml(a.config) if a.config else {}
+    for f in fields(SampleConfig):
+        v = getattr(a, f.name, None)
+        if v is not None:
+            d[f.name] = v
+    if a.model_kwargs:
+        d["model_kwargs"] = json.loads(a.model_kwargs)
+    cfg = _dataclass_from(SampleConfig, d, a.config or "sample options")
+    shards = tuple(int(v) for v in a.shards.split(":")) if a.shards else None
+    res = generate(cfg, a.out, shards=shards, progress=not a.no_progress, keep_shards=a.keep_shards)
+    print(res if res else f"shards {a.shards} done; run again without --shards to merge")
+
+
+@command("train-router")
+def cmd_train_router(a: argparse.Namespace) -> None:
+    from .router import RouterConfig, train_router
+    d = _read_yaml(a.config) if a.config else {}
+    for key in ("checkpoint", "data", "sampler", "nfe", "lam", "objective", "steps", "batch_size", "lr", "seed", "threads", "ste_threshold"):
+        if getattr(a, key, None) is not None:
+            d[key] = getattr(a, key)
+    if a.no_clamp:
+        d["clamp"] = None
+    cfg = _dataclass_from(RouterConfig, d, a.config or "train-router options")
+    if not cfg.checkpoint:
+        from .generate import EMBEDDED_MODEL
+        cfg.checkpoint = str(EMBEDDED_MODEL)
+    print(train_router(cfg, a.out, progress=not a.no_progress))
+
+
+@command("schedule")
+def cmd_schedule(a: argparse.Namespace) -> None:
+    """Write a cache schedule JSON: from a router at theta, or a heuristic / interval at a budget."""
+    from .baselines import heuristic_schedule, interval_schedule
+    from .cache import CacheSchedule
+    from .router import load_schedule_from_router
+    if a.router:
+        if a.theta is None:
+            raise L2CError("--router needs --theta")
+        sched = load_schedule_from_router(a.router, a.theta, nfe=a.nfe)
+    elif a.kind == "interval":
+        sched = interval_schedule(a.nfe, a.depth, a.interval, a.sampler, deep_from=a.deep_from)
+    elif a.kind == "full":
+        sched = CacheSchedule.full(a.nfe, a.depth, a.sampler)
+    elif a.kind:
+        budget = a.budget
+        if a.match:
+            budget = CacheSchedule.load(a.match).num_reused
+        if budget is None:
+            raise L2CError("a heuristic needs --budget N or --match SCHEDULE.json")
+        profile = None
+        if a.kind == "metrics":
+            from .profile import profile_matrix, read_profile
+            profile = profile_matrix(read_profile(a.profile)) if a.profile else None
+        sched = heuristic_schedule(a.kind, budget, a.nfe, a.depth, a.sampler, seed=a.seed, profile=profile)
+    else:
+        raise L2CError("give --router FILE --theta T, or --kind")
+    sched.save(a.out)
+    r = sched.remove_ratio()
+    print(f"{a.out}: {sched.source}, {sched.num_reused} sub-layers reused, remove ratio {100 * r['remove_ratio']:.2f}%")
+
+
+@command("profile")
+def cmd_profile(a: argparse.Namespace) -> None:
+    import numpy as np
+    from .generate import EMBEDDED_MODEL, noise_and_labels
+    from .models import load_model
+    from .profile import profile_redundancy, write_profile
+    model = load_model(a.checkpoint or EMBEDDED_MODEL, a.model)
+    noise, labels = noise_and_labels(a.seed, np.arange(a.num_samples), (model.in_channels, model.input_size, model.input_size), model.num_classes)
+    df = profile_redundancy(model, noise, labels, nfe=a.nfe, sampler=a.sampler, cfg_scale=a.cfg_scale, cfg_channels=a.cfg_channels)
+    write_profile(df, a.out)
+    print(a.out)
+
+
 @command("bench")
 def cmd_bench(a: argparse.Namespace) -> None:
     from .bench import bench_cli
@@ -112,6 +189,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nfe", type=int, required=True)
     _schedule_args(p)
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sample", help="generate one cell's samples as an ADM .npz (sharded, resumable)")
+    p.add_argument("--config", help="YAML with SampleConfig keys; flags override it")
+    p.add_argument("--out", required=True, help="output .npz (arr_0 uint8 NHWC, arr_1 labels) + .json sidecar")
+    p.add_argument("--checkpoint", help="model checkpoint (default: the embedded digits DiT)")
+    p.add_argument("--model", help="model name for official state dicts, e.g. DiT-XL/2")
+    p.add_argument("--model-kwargs", help='JSON model options, e.g. \'{"input_size": 32}\'')
+    p.add_argument("--vae", help="AutoencoderKL folder for latent models (SD VAE)")
+    p.add_argument("--sampler", choices=["ddim", "dpm2"])
+    p.add_argument("--nfe", type=int)
+    p.add_argument("--cfg-scale", dest="cfg_scale", type=float)
+    p.add_argument("--cfg-channels", dest="cfg_channels", type=int, help="guide only the first C eps channels (DiT-XL/2 official: 3)")
+    _schedule_args(p)
+    p.add_argument("--num-samples", dest="num_samples", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--labels", choices=["uniform", "balanced"])
+    p.add_argument("--shard-size", dest="shard_size", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "tf32"])
+    p.add_argument("--shards", help="compute only shards A:B (fan-out over jobs); a later run without it merges")
+    p.add_argument("--keep-shards", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("train-router", help="train a Learning-to-Cache (or learning-to-drop) router (resumable)")
+    p.add_argument("--config", help="YAML with RouterConfig keys; flags override it")
+    p.add_argument("--out", required=True, help="folder: router.pt, router_official.pt, train_log.jsonl, record.json")
+    p.add_argument("--checkpoint", help="model (default: the embedded digits DiT)")
+    p.add_argument("--data", help="digits:train, folder:PATH or latents:PATH.npz")
+    p.add_argument("--sampler", choices=["ddim"])
+    p.add_argument("--nfe", type=int)
+    p.add_argument("--lam", "--lambda", dest="lam", type=float, help="lambda of Eq. 9")
+    p.add_argument("--objective", choices=["cache", "drop"])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--ste-threshold", dest="ste_threshold", type=float)
+    p.add_argument("--no-clamp", action="store_true", help="do not clamp the logits to [-5, 5] (U-ViT recipe)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("schedule", help="write a cache schedule: router at theta, heuristic or interval at a budget")
+    p.add_argument("--out", required=True)
+    _schedule_args(p)
+    p.add_argument("--kind", choices=["full", "interval", "bottom", "top", "random", "metrics", "bottom-attn", "bottom-mlp",
+                                      "top-attn", "top-mlp", "random-drop"])
+    p.add_argument("--budget", type=int, help="number of (cache step, sub-layer) pairs to reuse")
+    p.add_argument("--match", help="take the budget from this schedule JSON (matched budget)")
+    p.add_argument("--profile", help="redundancy profile CSV (for --kind metrics)")
+    p.add_argument("--nfe", type=int, required=True)
+    p.add_argument("--depth", type=int, default=12, help="number of blocks (embedded DiT: 12, DiT-XL/2: 28)")
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm2"])
+    p.add_argument("--interval", type=int, default=2)
+    p.add_argument("--deep-from", dest="deep_from", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("profile", help="redundancy profile: error of reusing each sub-layer's previous output")
+    p.add_argument("--out", required=True, help="tidy CSV")
+    p.add_argument("--checkpoint")
+    p.add_argument("--model")
+    p.add_argument("--nfe", type=int, default=20)
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm2"])
+    p.add_argument("--cfg-scale", type=float, default=1.5)
+    p.add_argument("--cfg-channels", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1234)
 
     p = sub.add_parser("bench", help="latency of full vs cached sampling, with the MACs-ideal speedup beside it")
     p.add_argument("--model", default=None, help="registered model name (default DiT-Tiny/2; official checkpoints need it)")

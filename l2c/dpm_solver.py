@@ -21,12 +21,14 @@ Model evaluations are counted in sampling order (k = 0 .. NFE-1; outer step i ev
 its start and k = 2i + 1 at its midpoint); both guidance passes of one evaluation share k and use
 cache streams 0 (conditional) and 1 (unconditional), as the official dynamic U-ViT keeps separate
 caches. The sampler is independent of the architecture: the noise schedule, the time input and
-the guidance form are arguments whose defaults come from the model type (U-ViT: the above; DiT:
+the guidance form are arguments whose defaults come from the model (``model.dpm_defaults``; U-ViT:
+the above, or DDPM's linear betas with ``noise_schedule="linear"`` for U-ViTs trained by l2c.pretrain; DiT:
 DDPM's linear betas, type-1 discrete time input 1000 (t - 1/1000), DiT-style batched guidance
 eps_u + s (eps_c - eps_u) on the eps channels, learned-sigma channels dropped).
 
-Schedule arithmetic runs in float64 (the official code runs it in float32 on the device; the
-difference is at the 1e-7 level); the state ``x`` keeps its dtype.
+The outer-step times are the official float32 grid; the rest of the schedule arithmetic runs in
+float64 (the official code runs it in float32 on the device; the difference is at the 1e-7 level);
+the state ``x`` keeps its dtype.
 """
 from __future__ import annotations
 
@@ -162,6 +164,14 @@ def resolve_schedule(noise_schedule: Any) -> DiscreteVPSchedule:
     return DiscreteVPSchedule(noise_schedule)
 
 
+def _time_grid(t_start: float, t_end: float, k_steps: int) -> np.ndarray:
+    """Time-uniform outer-step times, made as the official code makes them (a float32
+    ``torch.linspace``), so that the network time inputs t * 1000 of the first evaluations are the
+    official float32 values (e.g. 500.50003 for t = 0.5005 at NFE 20, which rounds to the router
+    map's 501) and the rest of the arithmetic runs in float64."""
+    return torch.linspace(t_start, t_end, k_steps + 1, dtype=torch.float32).double().numpy()
+
+
 def dpm2_plan(nfe: int, noise_schedule: Any = "sd", time_input: str = "scaled", *, t_start: float = 1.0,
               t_end: float = 1e-3, r1: float = 0.5) -> DPM2Plan:
     """All scalars of a DPM-Solver-2 (data prediction, singlestep) run, time-uniform steps."""
@@ -172,7 +182,7 @@ def dpm2_plan(nfe: int, noise_schedule: Any = "sd", time_input: str = "scaled", 
     if not 0 < t_end < t_start <= 1.0:
         raise L2CError(f"need 0 < t_end < t_start <= 1, got t_start {t_start}, t_end {t_end}")
     k_steps = nfe // 2
-    times = np.linspace(t_start, t_end, k_steps + 1)
+    times = _time_grid(t_start, t_end, k_steps)
     plan = DPM2Plan(nfe=nfe, times=times)
     for i in range(k_steps):
         s, t = float(times[i]), float(times[i + 1])
@@ -196,7 +206,7 @@ def router_timestep_map(nfe: int) -> list[int]:
     """The official router's timestep map: round(linspace(1, 1/1000, NFE/2 + 1) * 1000); router
     index i belongs to the first evaluation (k = 2i) of outer step i."""
     k_steps = check_nfe(nfe) // 2
-    return [int(v) for v in np.round(np.linspace(1.0, 1e-3, k_steps + 1, dtype=np.float32).astype(np.float64) * 1000)]
+    return [int(v) for v in np.round(torch.linspace(1.0, 1e-3, k_steps + 1).numpy() * 1000)]
 
 
 def dpm2_step(eps_fn: EpsFn, x: torch.Tensor, plan: DPM2Plan, i: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -112,3 +112,17 @@ def environment_record(device: str | torch.device | None = None, dtype: str | No
     if dtype is not None:
         rec["dtype"] = dtype
     return rec
+
+
+def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    """Write an uncompressed ``.npz`` atomically and reproducibly: fixed zip timestamps, so the same
+    arrays always give the same bytes (``np.savez`` stamps the current time into the archive)."""
+    import zipfile
+
+    import numpy as np
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, arr in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)

@@ -78,7 +78,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: bool = True) ->
         ck = load_torch(ckpt_path, "pretraining checkpoint")
         if not isinstance(ck, dict) or ck.get("format") != "l2c-suite/pretrain-state":
             raise L2CError(f"pretraining checkpoint {ckpt_path}: not a pretraining state; delete it to start afresh")
-        if ck["config"] != asdict(cfg):
+        operational = {"threads", "ckpt_every", "log_every"}  # may change between resumptions
+        if {k: v for k, v in ck["config"].items() if k not in operational} != {k: v for k, v in asdict(cfg).items() if k not in operational}:
             raise L2CError(f"pretraining checkpoint {ckpt_path} was made with a different config; "
                            "delete the folder or use the same config to resume")
         model.load_state_dict(ck["model"])

@@ -61,7 +61,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if sigma1.shape != sigma2.shape:
         raise ValueError(f"covariances have different dimensions: {sigma1.shape} vs {sigma2.shape}")
     diff = mu1 - mu2
-    covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+    # no ``disp``: deprecated since SciPy 1.16 (ADM passed disp=False only to silence a printout)
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         warnings.warn(f"Fréchet distance: singular covariance product; adding {eps} to the diagonals")
         offset = np.eye(sigma1.shape[0]) * eps
@@ -203,9 +204,14 @@ def polynomial_mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, gamm
     if len(y) != m or m < 2:
         raise ValueError(f"polynomial MMD needs two sets of equal size >= 2, got {len(x)} and {len(y)}")
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
-    kxx = (x @ x.T * gamma + coef0) ** degree
-    kyy = (y @ y.T * gamma + coef0) ** degree
-    kxy = (x @ y.T * gamma + coef0) ** degree
+
+    def kernel(a, b):
+        base = a @ b.T * gamma + coef0
+        if degree == 3:  # repeated products: much faster than np.power with an integer exponent
+            return base * base * base
+        return base ** degree
+
+    kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
     off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     return float(off - 2 * kxy.sum() / (m * m))
 

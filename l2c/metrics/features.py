@@ -35,7 +35,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from ..io import L2CError, environment_record, load_torch, save_torch, write_json
+from ..io import L2CError, atomic_path, environment_record, load_torch, write_json
 
 EMBEDDED_DIGITS_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "embedded" / "features-digits.pt"
 DIGITS_WEIGHTS_FORMAT = "l2c-digits-features-v1"
@@ -196,7 +196,7 @@ def train_digit_features(out_path: str | Path, seed: int = 0, epochs: int = 40, 
                     loss.backward()
                     opt.step()
                     sched.step()
-                    total += float(loss) * len(idx)
+                    total += float(loss.detach()) * len(idx)
                 losses.append(total / len(train))
             net.eval()
             acc = digits_accuracy(net, ref.x, ref.y)
@@ -206,9 +206,14 @@ def train_digit_features(out_path: str | Path, seed: int = 0, epochs: int = 40, 
     if acc < min_accuracy:
         raise L2CError(f"digits feature network reached only {acc:.2%} accuracy on digits:reference "
                        f"(needs >= {min_accuracy:.0%}); not writing {out_path}. Try more epochs or another seed.")
-    save_torch({"format": DIGITS_WEIGHTS_FORMAT, "state_dict": net.state_dict(),
+    # serialised in memory: torch.save names the archive after the file, and the atomic temporary
+    # name is random; from a buffer the bytes (hence the sha256 and extractor name) depend only on the weights
+    buf = io.BytesIO()
+    torch.save({"format": DIGITS_WEIGHTS_FORMAT, "state_dict": net.state_dict(),
                 "config": {"pool_dim": net.POOL_DIM, "spatial_dim": net.SPATIAL_DIM, "num_classes": net.NUM_CLASSES,
-                           "image_size": net.IMAGE_SIZE}}, out_path)
+                           "image_size": net.IMAGE_SIZE}}, buf)
+    with atomic_path(out_path) as tmp:
+        tmp.write_bytes(buf.getvalue())
     sha = sha256_file(out_path)
     record = {
         "what": "digits feature network for the `digits` metrics back-end",
@@ -395,7 +400,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     args = p.parse_args(argv)
     try:
-        rec = train_digit_features(args.out, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+        command = " ".join(shlex.quote(a) for a in ["python", "-m", "l2c.metrics.features", *(argv if argv is not None else sys.argv[1:])])
+        rec = train_digit_features(args.out, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                   command=command)
     except L2CError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -20,6 +20,11 @@ table has ``num_classes + 1`` rows and the last one (index ``num_classes``) is t
 classifier-free guidance. The official configs count the table rows instead (``num_classes=1001``
 for ImageNet, null label 1000 = ``dataset.K``): official ``num_classes = N + 1`` is ours ``N``.
 
+``noise_schedule`` records the diffusion the weights were trained with, for the sampler defaults
+(``l2c.dpm_solver``): ``"sd"`` (default; the official checkpoints: Stable Diffusion's betas, network
+time t_continuous * 1000) or ``"linear"`` (a U-ViT trained by ``l2c.pretrain``: DDPM's linear betas,
+network time = the ADM timestep index 0..999). It adds no weights.
+
 Each block exposes its two residual branches as ``attn_branch`` / ``mlp_branch`` (the branch
 outputs before the residual add, what Learning-to-Cache caches), so that ``l2c.cache.CacheEngine``
 can shadow them. ``skip_linear`` is not a branch: it always runs.
@@ -31,6 +36,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..io import L2CError
 from .dit import Attention, Mlp, PatchEmbed, timestep_embedding
 
 
@@ -74,9 +80,13 @@ class UViT(nn.Module):
     """Class-conditional U-ViT predicting noise; ``forward(x, t, y)`` with t as the official model
     receives it (t_continuous * 1000 under the U-ViT DPM-Solver script)."""
 
-    # Sampler defaults for this architecture (read by l2c.dpm_solver): the U-ViT ImageNet script's
-    # Stable-Diffusion betas, t * 1000 as the network time input, guidance eps_c + s (eps_c - eps_u).
-    dpm_defaults = {"noise_schedule": "sd", "time_input": "scaled", "guidance": "uvit"}
+    # Sampler defaults by training diffusion (read by l2c.dpm_solver; guidance eps_c + s (eps_c - eps_u)):
+    #   "sd": the official ImageNet latent models: Stable Diffusion's betas, network time t * 1000;
+    #   "linear": trained by l2c.pretrain (DDPM linear betas, network time = ADM timestep index).
+    DIFFUSIONS = {
+        "sd": {"noise_schedule": "sd", "time_input": "scaled", "guidance": "uvit"},
+        "linear": {"noise_schedule": "linear", "time_input": "type1", "guidance": "uvit"},
+    }
 
     def __init__(
         self,
@@ -93,16 +103,19 @@ class UViT(nn.Module):
         conv: bool = False,
         skip: bool = True,
         learn_sigma: bool = False,
+        noise_schedule: str = "sd",
     ):
         super().__init__()
+        if noise_schedule not in self.DIFFUSIONS:
+            raise L2CError(f"noise_schedule must be one of {sorted(self.DIFFUSIONS)}, got {noise_schedule!r}")
         if learn_sigma:
-            raise ValueError("U-ViT predicts noise only: learn_sigma must be False")
+            raise L2CError("U-ViT predicts noise only: learn_sigma must be False")
         if input_size % patch_size:
-            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+            raise L2CError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 (real classes; the null label is added), got {num_classes}")
+            raise L2CError(f"num_classes must be >= 1 (real classes; the null label is added), got {num_classes}")
         if depth < 0:
-            raise ValueError(f"depth must be >= 0, got {depth}")
+            raise L2CError(f"depth must be >= 0, got {depth}")
         self.input_size = input_size
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -112,6 +125,8 @@ class UViT(nn.Module):
         self.num_heads = num_heads
         self.num_classes = num_classes  # real classes; index num_classes is the null label
         self.depth = depth
+        self.noise_schedule = noise_schedule
+        self.dpm_defaults = dict(self.DIFFUSIONS[noise_schedule])  # what l2c.dpm_solver samples with
 
         self.patch_embed = PatchEmbed(input_size, patch_size, in_channels, hidden_size)
         num_patches = self.patch_embed.num_patches
@@ -215,6 +230,9 @@ def _uvit_factory(hidden: int, depth: int, heads: int, patch: int) -> Callable[.
         if embed_dim is not None and embed_dim != hidden:
             raise TypeError(f"embed_dim {embed_dim} does not match this size ({hidden})")
         kwargs.pop("class_dropout_prob", None)  # DiT option: label dropout is drawn by the trainer
+        if kwargs.get("learn_sigma"):
+            raise L2CError("U-ViT predicts noise only (the official models have no learned variance): "
+                           "learn_sigma must be False")
         size = input_size if input_size is not None else img_size
         chans = in_channels if in_channels is not None else in_chans
         return UViT(input_size=32 if size is None else size, in_channels=4 if chans is None else chans,

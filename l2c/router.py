@@ -1,0 +1,213 @@
+"""``l2c train-router``: the Learning-to-Cache objective (paper Eq. 9, official code semantics).
+
+Router: one logit beta per (step, sub-layer), shape [NFE, 2*blocks], in sampling order here (the
+official files index i = NFE-1-k; the export converts). Soft forward: branch = r*cached + (1-r)*fresh
+with r = 1 - sigmoid(beta). One iteration: draw a cache step m uniformly among the cache steps, noise
+a real x0 to its previous (full) step s with q_sample, run one full no-grad DDIM step s -> m (this
+fills the cache), then teacher (frozen model, computing fully) and student (soft router) at m;
+loss = MSE(student, teacher) over all output channels + lambda * sum_j sigmoid(beta[m][j]).
+Labels are dropped to the null class with p = 0.1 for both passes; AdamW lr 1e-3; optional clamp
+of the logits to [-c, c] after every step (DiT: 5) and optional straight-through threshold.
+
+``objective="drop"`` trains Learning-to-Drop (paper Tables 5/7): the same loss, but the student's
+branch is (1-r)*fresh, i.e. a skipped branch contributes nothing instead of its cached value."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cache import CacheEngine, CacheSchedule, default_cache_steps
+from .data import load_dataset
+from .diffusion import Diffusion
+from .io import L2CError, environment_record, load_torch, save_torch, write_json
+from .models import load_model, num_sublayers
+
+log = logging.getLogger("l2c.router")
+ROUTER_FORMAT = "l2c-suite/router"
+
+
+@dataclass
+class RouterConfig:
+    checkpoint: str = ""  # model weights (our format records the architecture)
+    model: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "digits:train"  # images in the model's input space, or latents:PATH.npz for latent models
+    sampler: str = "ddim"
+    nfe: int = 20
+    lam: float = 1e-3  # lambda of Eq. 9 (per sub-layer penalty)
+    objective: str = "cache"  # cache (L2C) | drop (learning-to-drop)
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    clamp: float | None = 5.0  # DiT clamps logits to [-5, 5]; U-ViT does not (None)
+    ste_threshold: float | None = None  # straight-through hard threshold in the forward pass
+    label_dropout: float = 0.1
+    reduction: str = "mean"  # mean (DiT) | sum (per-sample sum of squares, U-ViT)
+    seed: int = 0
+    thetas: list[float] = field(default_factory=lambda: [0.1, 0.3, 0.5, 0.7, 0.9])  # logged: active sub-layers
+    ckpt_every: int = 500
+    log_every: int = 50
+    threads: int | None = None
+
+
+def _reuse_weights(beta_row: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
+    """r = 1 - sigmoid(beta) (optionally hard-thresholded with straight-through gradients)."""
+    s = torch.sigmoid(beta_row)
+    if cfg.ste_threshold is not None:
+        s = (s > cfg.ste_threshold).float() + s - s.detach()
+    return 1 - s
+
+
+def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
+    """Train and write ``out_dir/router.pt`` (ours), ``router_official.pt`` (authors' layout),
+    ``train_log.jsonl`` and ``record.json``. Resumes from ``out_dir/checkpoint.pt``."""
+    if cfg.sampler != "ddim":
+        raise L2CError(f"router training for sampler {cfg.sampler!r} is not available yet (ddim only)")
+    if cfg.objective not in ("cache", "drop"):
+        raise L2CError(f"objective {cfg.objective!r}: expected cache or drop")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = load_model(cfg.checkpoint, cfg.model, **cfg.model_kwargs)
+    data = load_dataset(cfg.data)
+    n_sub = num_sublayers(model)
+    depth = n_sub // 2
+    cache_steps = default_cache_steps(cfg.nfe, cfg.sampler)
+    if not cache_steps:
+        raise L2CError(f"NFE {cfg.nfe} has no cache steps")
+    diffusion = Diffusion.create(cfg.nfe)
+    coef = diffusion.ddim_coefficients("cpu")
+    ts = diffusion.model_timesteps()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    beta = torch.randn(cfg.nfe, n_sub, generator=gen).requires_grad_(True)  # N(0, 1) init
+    opt = torch.optim.AdamW([beta], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+    step, elapsed = 0, 0.0
+    ckpt = out / "checkpoint.pt"
+    if ckpt.exists():
+        ck = load_torch(ckpt, "router checkpoint")
+        operational = {"threads", "ckpt_every", "log_every"}
+        same = {k: v for k, v in ck.get("config", {}).items() if k not in operational} == {k: v for k, v in asdict(cfg).items() if k not in operational}
+        if not same:
+            raise L2CError(f"router checkpoint {ckpt} was made with a different config; delete it or resume with the same config")
+        with torch.no_grad():
+            beta.copy_(ck["beta"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["rng"])
+        step, elapsed = ck["step"], ck["elapsed"]
+        log_path = out / "train_log.jsonl"
+        if log_path.exists():
+            kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
+
+    engine = CacheEngine(model)
+    null = model.num_classes
+    C = model.in_channels
+    steps_t = torch.tensor(cache_steps)
+    log_f = open(out / "train_log.jsonl", "a")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"router λ={cfg.lam:g}", unit="it")
+    t0, acc = time.time(), {"loss": 0.0, "mse": 0.0, "n": 0}
+    with engine.installed():
+        while step < cfg.steps:
+            m = int(steps_t[torch.randint(len(cache_steps), (1,), generator=gen)])  # cache step (sampling order)
+            i_m, i_s = cfg.nfe - 1 - m, cfg.nfe - m  # respaced indices of the cache step and its full step
+            idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
+            x0, y = data.batch(idx)
+            y = torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout, torch.full_like(y, null), y)
+            noise = torch.randn(x0.shape, generator=gen)
+            x_s = diffusion.q_sample(x0, torch.full((cfg.batch_size,), i_s), noise)
+            with torch.no_grad():
+                t_s = ts[i_s].expand(cfg.batch_size)
+                eps = engine(model, x_s, t_s, y, step=m - 1, mode="fill" if cfg.objective == "cache" else "off")[:, :C]
+                x_m, _ = diffusion.ddim_step(x_s, eps, i_s, coef)
+                t_m = ts[i_m].expand(cfg.batch_size)
+                teacher = engine(model, x_m, t_m, y, step=m, mode="off")
+            r = _reuse_weights(beta[m], cfg).reshape(depth, 2)
+            student = engine(model, x_m, t_m, y, step=m, mode="mix" if cfg.objective == "cache" else "drop-mix", mix=r)
+            sq = (student - teacher).pow(2)
+            mse = sq.mean() if cfg.reduction == "mean" else sq.flatten(1).sum(1).mean()
+            loss = mse + cfg.lam * torch.sigmoid(beta[m]).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if cfg.clamp is not None:
+                with torch.no_grad():
+                    beta.clamp_(-cfg.clamp, cfg.clamp)
+            engine.cache.clear()
+            step += 1
+            acc["loss"] += loss.item()
+            acc["mse"] += mse.item()
+            acc["n"] += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                with torch.no_grad():
+                    probs = torch.sigmoid(beta[cache_steps])
+                rec = {"step": step, "loss": acc["loss"] / acc["n"], "mse": acc["mse"] / acc["n"],
+                       "elapsed_s": elapsed + time.time() - t0,
+                       "active": {f"{th:g}": int((probs > th).sum()) for th in cfg.thetas},
+                       "cache_sublayers": len(cache_steps) * n_sub}
+                log_f.write(json.dumps(rec) + "\n")
+                log_f.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.3g}", active=rec["active"].get("0.5"))
+                acc = {"loss": 0.0, "mse": 0.0, "n": 0}
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                elapsed += time.time() - t0
+                t0 = time.time()
+                save_torch({"format": "l2c-suite/router-state", "config": asdict(cfg), "beta": beta.detach().clone(),
+                            "opt": opt.state_dict(), "rng": gen.get_state(), "step": step, "elapsed": elapsed}, ckpt)
+    bar.close()
+    log_f.close()
+    router = {"format": ROUTER_FORMAT, "beta": beta.detach().clone(), "nfe": cfg.nfe, "sampler": cfg.sampler,
+              "cache_steps": cache_steps, "objective": cfg.objective, "lam": cfg.lam, "depth": depth,
+              "checkpoint": cfg.checkpoint, "steps": step}
+    save_torch(router, out / "router.pt")
+    export_official(router, out / "router_official.pt")
+    write_json(out / "record.json", {"config": asdict(cfg), "steps": step, "wall_time_s": elapsed,
+                                     "s_per_1000_it": 1000 * elapsed / max(step, 1), "environment": environment_record("cpu")})
+    return out / "router.pt"
+
+
+def export_official(router: dict, path: str | os.PathLike) -> None:
+    """Write a router in the authors' DiT layout ({'routers': {'<i>.prob': beta}}, i = NFE-1-k) or U-ViT
+    layout ({'<i>.prob': beta}, index i = outer step whose first evaluation 2i reuses)."""
+    beta = router["beta"]
+    nfe = router["nfe"]
+    if router["sampler"] == "ddim":
+        save_torch({"routers": {f"{i}.prob": beta[nfe - 1 - i].clone() for i in range(nfe)},
+                    "args": {"num_sampling_steps": nfe, "l1": router["lam"], "exported_by": "l2c-suite"}}, path)
+    else:
+        out = {f"{i}.prob": torch.full_like(beta[0], 10.0) for i in range(nfe)}
+        for k in router["cache_steps"]:
+            out[f"{k // 2}.prob"] = beta[k].clone()
+        save_torch(out, path)
+
+
+def load_router(path: str | os.PathLike) -> dict:
+    obj = load_torch(path, "router file")
+    if not isinstance(obj, dict) or obj.get("format") != ROUTER_FORMAT:
+        raise L2CError(f"router file {path}: not an l2c-suite router")
+    return obj
+
+
+def load_schedule_from_router(path: str | os.PathLike, theta: float, sampler: str | None = None, nfe: int | None = None) -> CacheSchedule:
+    """A thresholded schedule from one of our routers or an official router file."""
+    obj = load_torch(path, "router file")
+    if isinstance(obj, dict) and obj.get("format") == ROUTER_FORMAT:
+        policy = "drop" if obj["objective"] == "drop" else "cache"
+        sched = CacheSchedule.from_router(obj["beta"], theta, obj["cache_steps"], sampler=obj["sampler"],
+                                          source=f"router:{Path(path).name}", policy=policy, meta={"lambda": obj["lam"]})
+    else:
+        sched = CacheSchedule.from_official_router(path, theta, sampler=sampler)
+    if nfe is not None:
+        sched.check_nfe(nfe)
+    return sched

@@ -1,0 +1,162 @@
+"""Router training, baselines at matched budgets, redundancy profiling (issue 5)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from l2c.baselines import heuristic_schedule, interval_schedule, greedy_schedule, output_error_fn
+from l2c.cache import CacheSchedule, default_cache_steps
+from l2c.generate import noise_and_labels
+from l2c.io import L2CError
+from l2c.models import load_model
+from l2c.profile import profile_matrix, profile_redundancy
+from l2c.router import RouterConfig, load_router, load_schedule_from_router, train_router
+from l2c.sampling import sample
+
+
+def cfg_for(ckpt, **kw):
+    base = dict(checkpoint=str(ckpt), nfe=6, steps=40, batch_size=16, lam=0.0, log_every=10, ckpt_every=20, lr=0.05, threads=1)
+    return RouterConfig(**{**base, **kw})
+
+
+def test_router_loss_decreases(tiny_ckpt, tmp_path):
+    train_router(cfg_for(tiny_ckpt, steps=60, lam=0.0), tmp_path / "r", progress=False)
+    log = [json.loads(ln) for ln in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["mse"] < log[0]["mse"]
+    rec = json.loads((tmp_path / "r" / "record.json").read_text())
+    assert rec["s_per_1000_it"] > 0
+
+
+def test_lambda_controls_caching(tiny_ckpt, tmp_path):
+    r0 = train_router(cfg_for(tiny_ckpt, lam=0.0, steps=80), tmp_path / "l0", progress=False)
+    r1 = train_router(cfg_for(tiny_ckpt, lam=1.0, steps=80), tmp_path / "l1", progress=False)
+    s0 = load_schedule_from_router(r0, 0.5)
+    s1 = load_schedule_from_router(r1, 0.5)
+    assert s0.num_reused == 0  # lambda = 0 keeps everything computed at theta 0.5
+    assert s1.num_reused > s0.num_reused
+    assert s1.remove_ratio()["remove_ratio"] > 0.5
+
+
+def test_router_resume_equals_uninterrupted(tiny_ckpt, tmp_path):
+    full = train_router(cfg_for(tiny_ckpt, steps=40, lam=0.01), tmp_path / "a", progress=False)
+    train_router(cfg_for(tiny_ckpt, steps=40, lam=0.01), tmp_path / "b", progress=False)
+    # interrupted: a run that stopped at its step-20 checkpoint, then resumed
+    ck = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    (tmp_path / "c").mkdir()
+    half = train_router(cfg_for(tiny_ckpt, steps=20, lam=0.01, ckpt_every=20), tmp_path / "c", progress=False)
+    ckc = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)
+    ckc["config"]["steps"] = 40  # continue the same run to 40 steps
+    torch.save(ckc, tmp_path / "c" / "checkpoint.pt")
+    resumed = train_router(cfg_for(tiny_ckpt, steps=40, lam=0.01), tmp_path / "c", progress=False)
+    assert torch.equal(load_router(full)["beta"], load_router(resumed)["beta"])
+    assert torch.equal(ck["beta"], load_router(resumed)["beta"])
+
+
+def test_official_export_roundtrip(tiny_ckpt, tmp_path):
+    r = train_router(cfg_for(tiny_ckpt, lam=0.3, steps=30), tmp_path / "r", progress=False)
+    ours = load_schedule_from_router(r, 0.5)
+    theirs = CacheSchedule.from_official_router(tmp_path / "r" / "router_official.pt", 0.5)
+    assert np.array_equal(ours.compute, theirs.compute) and ours.cache_steps == theirs.cache_steps
+
+
+def test_drop_objective_and_policy(tiny_ckpt, tmp_path):
+    r = train_router(cfg_for(tiny_ckpt, lam=1.0, objective="drop", steps=30), tmp_path / "d", progress=False)
+    s = load_schedule_from_router(r, 0.5)
+    assert s.policy == "drop"
+
+
+def test_heuristics_hit_budget_exactly():
+    nfe, depth = 10, 6
+    prof = np.random.RandomState(0).rand(nfe, 2 * depth)
+    for kind in ("bottom", "top", "random", "metrics", "bottom-attn", "bottom-mlp", "top-attn", "top-mlp", "random-drop"):
+        for budget in (0, 7, 23, 30):
+            s = heuristic_schedule(kind, budget, nfe, depth, seed=3, profile=prof)
+            assert s.num_reused == budget, (kind, budget)
+            assert s.cache_steps == default_cache_steps(nfe)
+    b = heuristic_schedule("bottom", 7, nfe, depth)
+    assert not b.flat()[1, :2].any() and b.flat()[1, 2:].all()  # 2 per step in early cache steps, shallowest first
+    t = heuristic_schedule("top", 5, nfe, depth)
+    assert not t.flat()[1, -1] and t.flat()[1, 0]
+    a = heuristic_schedule("bottom-attn", 10, nfe, depth)
+    assert a.compute[:, :, 1].all()
+    m = heuristic_schedule("metrics", 5, nfe, depth, profile=prof)
+    cs = default_cache_steps(nfe)
+    lowest = sorted((prof[k, j], k, j) for k in cs for j in range(2 * depth))[:5]
+    assert all(not m.flat()[k, j] for _, k, j in lowest)
+    with pytest.raises(L2CError, match="budget 61 out of range"):
+        heuristic_schedule("bottom", 61, nfe, depth)
+
+
+def test_random_is_seeded():
+    a = heuristic_schedule("random", 20, 10, 6, seed=1)
+    b = heuristic_schedule("random", 20, 10, 6, seed=1)
+    c = heuristic_schedule("random", 20, 10, 6, seed=2)
+    assert np.array_equal(a.compute, b.compute) and not np.array_equal(a.compute, c.compute)
+
+
+def test_interval_schedule_reuses_older_outputs(tiny_ckpt):
+    m = load_model(tiny_ckpt)
+    s = interval_schedule(9, len(m.blocks), 3)
+    assert s.cache_steps == [1, 2, 4, 5, 7, 8] and s.full_steps == [0, 3, 6]
+    noise, labels = noise_and_labels(0, np.arange(3), (1, 8, 8), 10)
+    calls = {"n": 0}
+    h = m.blocks[0].mlp.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    out = sample(m, noise, labels, nfe=9, cfg_scale=1.5, schedule=s)
+    h.remove()
+    assert calls["n"] == 3 and torch.isfinite(out).all()
+
+
+def test_drop_baseline_does_not_call_dropped_branches(tiny_ckpt):
+    m = load_model(tiny_ckpt)
+    s = heuristic_schedule("random-drop", 3 * 2 * len(m.blocks), 6, len(m.blocks))  # drop everything in cache steps
+    calls = {"n": 0}
+    h = m.blocks[1].attn.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    noise, labels = noise_and_labels(0, np.arange(2), (1, 8, 8), 10)
+    sample(m, noise, labels, nfe=6, schedule=s)
+    h.remove()
+    assert calls["n"] == 3
+
+
+def test_greedy_hits_budget(tiny_ckpt):
+    m = load_model(tiny_ckpt)
+    noise, labels = noise_and_labels(0, np.arange(2), (1, 8, 8), 10)
+    err = output_error_fn(m, noise, labels, nfe=4, cfg_scale=1.5)
+    s = greedy_schedule(5, 4, len(m.blocks), err, rounds=2)
+    assert s.num_reused == 5
+    # one round, budget 1: exactly the single (cache step, sub-layer) whose reuse hurts least
+    one = greedy_schedule(1, 4, len(m.blocks), err, rounds=1)
+    cs = default_cache_steps(4)
+    best = min((err(heuristic_single(4, len(m.blocks), k, j)), k, j) for k in cs for j in range(2 * len(m.blocks)))
+    assert not one.flat()[best[1], best[2]] and one.num_reused == 1
+
+
+def heuristic_single(nfe, depth, k, j):
+    flat = np.ones((nfe, 2 * depth), bool)
+    flat[k, j] = False
+    return CacheSchedule.from_mask(flat, default_cache_steps(nfe))
+
+
+def test_profile_zero_for_identical_steps(tiny_ckpt):
+    m = load_model(tiny_ckpt)
+    # Freeze the dynamics: x_t-independent branch outputs arise when the token input is constant across
+    # steps; emulate by a model whose patch embedding ignores x and whose timestep embedding is zero.
+    with torch.no_grad():
+        m.x_embedder.proj.weight.zero_()
+        for p in m.t_embedder.parameters():
+            p.zero_()
+    noise, labels = noise_and_labels(0, np.arange(4), (1, 8, 8), 10)
+    df = profile_redundancy(m, noise, labels, nfe=5, cfg_scale=1.5)
+    assert len(df) == 5 * 2 * len(m.blocks)
+    assert df[df.step > 0][["branch_rel_err", "block_rel_err"]].abs().max().max() < 1e-6
+    assert df[df.step == 0].branch_rel_err.isna().all()
+
+
+def test_profile_positive_on_real_dynamics(tiny_ckpt):
+    m = load_model(tiny_ckpt)
+    noise, labels = noise_and_labels(0, np.arange(4), (1, 8, 8), 10)
+    df = profile_redundancy(m, noise, labels, nfe=5, cfg_scale=1.5)
+    mat = profile_matrix(df)
+    assert mat.shape == (5, 2 * len(m.blocks)) and (mat[1:] > 0).all()
