@@ -151,6 +151,41 @@ def cmd_profile(a: argparse.Namespace) -> None:
     print(a.out)
 
 
+@command("evaluate")
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from .metrics.evaluate import evaluate, write_evaluation
+    res = evaluate(a.samples, a.ref, backend=a.backend, weights=a.weights, batch_size=a.batch_size, device=a.device,
+                   paired_with=a.paired_with, kid=not a.no_kid, allow_download=a.allow_download)
+    if a.out:
+        write_evaluation(res, a.out)
+    keys = ("inception_score", "fid", "sfid", "precision", "recall", "kid_mean")
+    print(f"{a.samples} [{res['backend']}: {res.get('extractor', '')}] " + " ".join(
+        f"{k}={res[k]:.4g}" for k in keys if res.get(k) is not None) +
+        (f" psnr={res['paired']['psnr_db']:.2f}dB mse={res['paired']['mse_mean']:.3g}" if "paired" in res else ""))
+
+
+@command("reference")
+def cmd_reference(a: argparse.Namespace) -> None:
+    from .data import digits_reference_npz
+    digits_reference_npz(a.out)
+    print(a.out)
+
+
+@command("train-features")
+def cmd_train_features(a: argparse.Namespace) -> None:
+    from .metrics.features import train_digit_features
+    print(train_digit_features(a.out, seed=a.seed))
+
+
+@command("embedded-report")
+def cmd_embedded_report(a: argparse.Namespace) -> None:
+    from .embedded import embedded_report
+    from .generate import EMBEDDED_MODEL
+    rep = embedded_report(a.out, a.checkpoint or EMBEDDED_MODEL, n_main=a.n_main, n_cache=a.n_cache,
+                          seeds=tuple(a.seeds), progress=not a.no_progress)
+    _print_json({k: rep[k] for k in ("floor_train_vs_reference", "ddim50", "caching_sensitivity_summary", "sampling_wall_s_1000_nfe20_cfg")})
+
+
 @command("bench")
 def cmd_bench(a: argparse.Namespace) -> None:
     from .bench import bench_cli
@@ -256,6 +291,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-channels", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--seed", type=int, default=1234)
+
+    p = sub.add_parser("evaluate", help="IS / FID / sFID / precision / recall / KID of a sample file (ADM protocol)")
+    p.add_argument("samples", help="samples .npz (arr_0 uint8 NHWC)")
+    p.add_argument("--ref", required=True, help="reference batch .npz (arr_0; mu/sigma/mu_s/sigma_s used when present)")
+    p.add_argument("--backend", default="digits", choices=["digits", "inception-adm"])
+    p.add_argument("--weights", help="feature network weights (default: embedded digits net / $TORCH_HOME Inception)")
+    p.add_argument("--paired-with", dest="paired_with", help="uncached samples of the same seeds: adds PSNR / MSE")
+    p.add_argument("--out", help="result JSON")
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-kid", action="store_true")
+    p.add_argument("--allow-download", action="store_true", help="let torch-fidelity download the Inception weights")
+
+    p = sub.add_parser("reference", help="write the digits reference split as an ADM reference batch")
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("train-features", help="train the digits feature network of the embedded metrics back-end")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("embedded-report", help="quality of the embedded model (issue 3 numbers) into OUT/quality.json")
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint")
+    p.add_argument("--n-main", type=int, default=2000)
+    p.add_argument("--n-cache", type=int, default=1000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("bench", help="latency of full vs cached sampling, with the MACs-ideal speedup beside it")
     p.add_argument("--model", default=None, help="registered model name (default DiT-Tiny/2; official checkpoints need it)")

@@ -44,6 +44,9 @@ def sample(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *, sampl
         raise L2CError(f"noise has {noise.shape[0]} samples but labels has {labels.shape[0]}")
     if schedule is not None:
         schedule.check_nfe(nfe)
+        if schedule.sampler.split("-")[0] != sampler:
+            raise L2CError(f"schedule ({schedule.source}) was made for sampler {schedule.sampler!r}, not {sampler!r}: "
+                           "its cache steps differ (DPM-Solver-2 needs shifted cache steps); make one for this sampler")
     engine = CacheEngine(model, schedule)
     with engine.installed():
         if sampler == "ddim":

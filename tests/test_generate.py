@@ -91,3 +91,14 @@ def test_cli_sample(tiny_ckpt, tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(tiny_ckpt), "--nfe", "3", "--num-samples", "5", "--out", str(tmp_path / "s.npz"), "--no-progress"]) == 0
     with np.load(tmp_path / "s.npz") as f:
         assert len(f["arr_0"]) == 5
+
+
+def test_embedded_report_runs_on_a_tiny_model(tiny_ckpt, tmp_path):
+    from l2c.embedded import embedded_report
+    rep = embedded_report(tmp_path / "rep", tiny_ckpt, n_main=16, n_cache=12, seeds=(0, 1), progress=False)
+    assert rep["floor_train_vs_reference"]["fid"] > 0
+    s = rep["caching_sensitivity_summary"]
+    assert {"ddim20", "ddim10", "all-reuse-20"} <= set(s)
+    assert "psnr_db" in s["ddim10"] and "psnr_db" not in s["ddim20"]
+    assert 0 <= rep["ddim50"]["label_agreement"] <= 1
+    assert json.loads((tmp_path / "rep" / "quality.json").read_text())["sampling_wall_s_1000_nfe20_cfg"] > 0

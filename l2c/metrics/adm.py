@@ -46,8 +46,8 @@ def feature_statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     feats = np.asarray(feats)
     if feats.ndim != 2 or len(feats) < 2:
         raise ValueError(f"feature_statistics needs an [N, D] array with N >= 2, got shape {feats.shape}")
-    feats = feats.astype(np.float64, copy=False)
-    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+    # np.cov converts to float64 itself (one copy); the mean is accumulated in float64
+    return feats.mean(axis=0, dtype=np.float64), np.cov(feats, rowvar=False)
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -62,7 +62,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(f"covariances have different dimensions: {sigma1.shape} vs {sigma2.shape}")
     diff = mu1 - mu2
     # no ``disp``: deprecated since SciPy 1.16 (ADM passed disp=False only to silence a printout)
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    with warnings.catch_warnings():  # a singular product is handled below, as in ADM
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         warnings.warn(f"Fréchet distance: singular covariance product; adding {eps} to the diagonals")
         offset = np.eye(sigma1.shape[0]) * eps
