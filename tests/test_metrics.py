@@ -21,6 +21,14 @@ from l2c.metrics.npz import check_compatible, open_npz, write_samples_npz
 REL = 1e-6
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _single_blas_thread():
+    """Small matrices: a multi-threaded BLAS only spins on a busy CI machine (3x slower here)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def rel_close(a, b, rel=REL, abs_=1e-12):
     return abs(a - b) <= rel * max(abs(a), abs(b)) + abs_
 
@@ -447,6 +455,13 @@ def test_adm_inception_shapes_and_nhwc_spatial():
         assert spatial[1, (h * 17 + w) * 7 + c] == raw[1, c, h, w]
     torch.testing.assert_close(spatial, raw[:, :7].permute(0, 2, 3, 1).reshape(2, -1))
     assert ext.features_list == ["2048", "spatial", "logits_unbiased"]
+    # spatial only: the forward stops after Mixed_6d (Mixed_7a never runs)
+    ext.features_list = ["spatial"]
+    ext.Mixed_7a.register_forward_hook(lambda m, i, o: grabbed.setdefault("7a", True))
+    with torch.no_grad():
+        (sp_only,) = ext(x)
+    torch.testing.assert_close(sp_only, spatial)
+    assert "7a" not in grabbed
 
 
 def test_adm_inception_weights_missing_offline(tmp_path, monkeypatch):

@@ -99,7 +99,8 @@ def inception_score(logits_or_probs: np.ndarray, split_size: int = 5000, from_lo
     for i in range(0, len(p), split_size):
         part, log_part = p[i:i + split_size], log_p[i:i + split_size]
         log_marginal = np.log(part.mean(axis=0, keepdims=True))
-        kl = np.where(part > 0, part * (log_part - log_marginal), 0.0)
+        with np.errstate(invalid="ignore"):  # 0 * -inf where a probability is exactly 0: counts 0
+            kl = np.where(part > 0, part * (log_part - log_marginal), 0.0)
         scores.append(np.exp(kl.sum(axis=1).mean()))
     return float(np.mean(scores))
 

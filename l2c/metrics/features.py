@@ -163,8 +163,8 @@ def digits_accuracy(net: DigitsFeatureNet, x: torch.Tensor, y: torch.Tensor, bat
 def train_digit_features(out_path: str | Path, seed: int = 0, epochs: int = 40, batch_size: int = 64,
                          lr: float = 3e-3, weight_decay: float = 1e-4, max_shift: int = 1,
                          command: str | None = None, min_accuracy: float = MIN_DIGITS_ACCURACY) -> dict:
-    """Train :class:`DigitsFeatureNet` on ``digits:train`` (random +-1 pixel shifts, AdamW, cosine
-    schedule), check top-1 accuracy on ``digits:reference`` >= ``min_accuracy``, and write the weights
+    """Train :class:`DigitsFeatureNet` on ``digits:train`` (random +-1 pixel shifts, AdamW, one-cycle
+    schedule: warm-up then cosine decay), check top-1 accuracy on ``digits:reference`` >= ``min_accuracy``, and write the weights
     atomically to ``out_path`` plus the training record ``<out_path>.json`` (returned).
 
     Deterministic for a seed: runs single-threaded on CPU with its own generator and forked RNG state."""
@@ -222,6 +222,7 @@ def train_digit_features(out_path: str | Path, seed: int = 0, epochs: int = 40, 
         "extractor_name": digits_extractor_name(sha),
         "seed": seed, "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
         "augmentation": f"random shifts of up to {max_shift} pixel(s), uint8 round trip",
+        "optimizer": "AdamW", "schedule": "OneCycleLR(pct_start=0.15)", "train_threads": 1,
         "train_split": "digits:train", "n_train": len(train),
         "eval_split": "digits:reference", "n_eval": len(ref),
         "accuracy": acc, "train_accuracy": train_acc, "final_train_loss": losses[-1],
