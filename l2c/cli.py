@@ -159,7 +159,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     if a.out:
         write_evaluation(res, a.out)
     keys = ("inception_score", "fid", "sfid", "precision", "recall", "kid_mean")
-    print(f"{a.samples} [{res['backend']}: {res.get('extractor', '')}] " + " ".join(
+    print(f"{a.samples} [{res['backend']}: {res.get('feature_extractor', '')}] " + " ".join(
         f"{k}={res[k]:.4g}" for k in keys if res.get(k) is not None) +
         (f" psnr={res['paired']['psnr_db']:.2f}dB mse={res['paired']['mse_mean']:.3g}" if "paired" in res else ""))
 

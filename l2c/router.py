@@ -71,8 +71,8 @@ def _reuse_weights(beta_row: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
 def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
     """Train and write ``out_dir/router.pt`` (ours), ``router_official.pt`` (authors' layout),
     ``train_log.jsonl`` and ``record.json``. Resumes from ``out_dir/checkpoint.pt``."""
-    if cfg.sampler != "ddim":
-        raise L2CError(f"router training for sampler {cfg.sampler!r} is not available yet (ddim only)")
+    if cfg.sampler not in ("ddim", "dpm2"):
+        raise L2CError(f"router training for sampler {cfg.sampler!r}: expected ddim or dpm2")
     if cfg.objective not in ("cache", "drop"):
         raise L2CError(f"objective {cfg.objective!r}: expected cache or drop")
     out = Path(out_dir)
@@ -89,6 +89,11 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     diffusion = Diffusion.create(cfg.nfe)
     coef = diffusion.ddim_coefficients("cpu")
     ts = diffusion.model_timesteps()
+    plan = None
+    if cfg.sampler == "dpm2":
+        from .dpm_solver import dpm2_plan, dpm_defaults
+        d = dpm_defaults(model)
+        plan = dpm2_plan(cfg.nfe, d["noise_schedule"], d["time_input"])
     gen = torch.Generator().manual_seed(cfg.seed)
     beta = torch.randn(cfg.nfe, n_sub, generator=gen).requires_grad_(True)  # N(0, 1) init
     opt = torch.optim.AdamW([beta], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
@@ -120,17 +125,25 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     with engine.installed():
         while step < cfg.steps:
             m = int(steps_t[torch.randint(len(cache_steps), (1,), generator=gen)])  # cache step (sampling order)
-            i_m, i_s = cfg.nfe - 1 - m, cfg.nfe - m  # respaced indices of the cache step and its full step
             idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
             x0, y = data.batch(idx)
             y = torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout, torch.full_like(y, null), y)
             noise = torch.randn(x0.shape, generator=gen)
-            x_s = diffusion.q_sample(x0, torch.full((cfg.batch_size,), i_s), noise)
+            fill = "fill" if cfg.objective == "cache" else "off"
             with torch.no_grad():
-                t_s = ts[i_s].expand(cfg.batch_size)
-                eps = engine(model, x_s, t_s, y, step=m - 1, mode="fill" if cfg.objective == "cache" else "off")[:, :C]
-                x_m, _ = diffusion.ddim_step(x_s, eps, i_s, coef)
-                t_m = ts[i_m].expand(cfg.batch_size)
+                if plan is None:  # DDIM: full step s = m-1 (respaced index i_s) -> cache step m
+                    i_m, i_s = cfg.nfe - 1 - m, cfg.nfe - m
+                    x_s = diffusion.q_sample(x0, torch.full((cfg.batch_size,), i_s), noise)
+                    eps = engine(model, x_s, ts[i_s].expand(cfg.batch_size), y, step=m - 1, mode=fill)[:, :C]
+                    x_m, _ = diffusion.ddim_step(x_s, eps, i_s, coef)
+                    t_m = ts[i_m].expand(cfg.batch_size)
+                else:  # DPM-Solver-2, shifted: outer step m/2-1 (its midpoint m-1 fills the cache) -> evaluation m
+                    from .dpm_solver import dpm2_step
+                    prev = plan.steps[m // 2 - 1]
+                    x_s = prev.alpha_s * x0 + prev.sigma_s * noise
+                    x_m, _ = dpm2_step(lambda x, t, k: engine(model, x, t, y, step=k, mode=fill if k == m - 1 else "off")[:, :C],
+                                       x_s, plan, m // 2 - 1)
+                    t_m = torch.full((cfg.batch_size,), plan.steps[m // 2].model_t_s)
                 teacher = engine(model, x_m, t_m, y, step=m, mode="off")
             r = _reuse_weights(beta[m], cfg).reshape(depth, 2)
             student = engine(model, x_m, t_m, y, step=m, mode="mix" if cfg.objective == "cache" else "drop-mix", mix=r)

@@ -160,3 +160,16 @@ def test_profile_positive_on_real_dynamics(tiny_ckpt):
     df = profile_redundancy(m, noise, labels, nfe=5, cfg_scale=1.5)
     mat = profile_matrix(df)
     assert mat.shape == (5, 2 * len(m.blocks)) and (mat[1:] > 0).all()
+
+
+def test_dpm2_router_training_and_official_layout(tmp_path):
+    from conftest import make_tiny
+    ckpt = make_tiny(tmp_path / "u.pt", name="U-ViT-Micro/2", noise_schedule="linear")
+    r = train_router(cfg_for(ckpt, sampler="dpm2", nfe=8, lam=0.5, steps=30, clamp=None, reduction="sum"), tmp_path / "u", progress=False)
+    ours = load_schedule_from_router(r, 0.5)
+    assert ours.sampler == "dpm2" and ours.cache_steps == [2, 4, 6]
+    theirs = CacheSchedule.from_official_router(tmp_path / "u" / "router_official.pt", 0.5)
+    assert np.array_equal(ours.compute, theirs.compute)
+    noise, labels = noise_and_labels(0, np.arange(2), (1, 8, 8), 10)
+    out = sample(load_model(ckpt), noise, labels, sampler="dpm2", nfe=8, cfg_scale=0.4, schedule=ours)
+    assert torch.isfinite(out).all()
