@@ -213,8 +213,9 @@ class CacheEngine:
     Each block's ``attn_branch`` / ``mlp_branch`` is shadowed by an instance attribute that
     consults the engine; the model class is untouched and the overrides are removed on exit.
     Modes: ``schedule`` (static hard schedule at ``step``), ``off`` (plain), ``fill`` (compute and
-    store every branch), ``mix`` (router training: r*cached + (1-r)*fresh) and ``drop-mix``
-    (learning-to-drop: (1-r)*fresh). Caches are kept per stream (e.g. cond / uncond passes).
+    store every branch), ``mix`` (router training: r*cached + (1-r)*fresh), ``mix-update`` (the same,
+    and the mixed value replaces the cache: a soft cache of any age, for trajectory training) and
+    ``drop-mix`` (learning-to-drop: (1-r)*fresh). Caches are kept per stream (e.g. cond / uncond passes).
     """
 
     def __init__(self, model: nn.Module, schedule: CacheSchedule | None = None):
@@ -268,6 +269,10 @@ class CacheEngine:
             r = self.mix[b, s]
             if mode == "mix":
                 return r * self.cache[key] + (1 - r) * out
+            if mode == "mix-update":  # soft free-age cache along a trajectory: the mixed value becomes the cache
+                mixed = r * self.cache[key] + (1 - r) * out
+                self.cache[key] = mixed.detach()
+                return mixed
             if mode == "drop-mix":
                 return (1 - r) * out
             raise L2CError(f"unknown cache engine mode {mode!r}")

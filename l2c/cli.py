@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["ddim"])
     p.add_argument("--nfe", type=int)
     p.add_argument("--lam", "--lambda", dest="lam", type=float, help="lambda of Eq. 9")
-    p.add_argument("--objective", choices=["cache", "drop"])
+    p.add_argument("--objective", choices=["cache", "drop", "trajectory"])
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)

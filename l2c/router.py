@@ -34,6 +34,7 @@ from .models import load_model, num_sublayers
 
 log = logging.getLogger("l2c.router")
 ROUTER_FORMAT = "l2c-suite/router"
+OBJECTIVES = ("cache", "drop", "trajectory")
 
 
 @dataclass
@@ -45,7 +46,7 @@ class RouterConfig:
     sampler: str = "ddim"
     nfe: int = 20
     lam: float = 1e-3  # lambda of Eq. 9 (per sub-layer penalty)
-    objective: str = "cache"  # cache (L2C) | drop (learning-to-drop)
+    objective: str = "cache"  # cache (L2C) | drop (learning-to-drop) | trajectory (HarmoniCa-style, image-free)
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
@@ -73,17 +74,20 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     ``train_log.jsonl`` and ``record.json``. Resumes from ``out_dir/checkpoint.pt``."""
     if cfg.sampler not in ("ddim", "dpm2"):
         raise L2CError(f"router training for sampler {cfg.sampler!r}: expected ddim or dpm2")
-    if cfg.objective not in ("cache", "drop"):
-        raise L2CError(f"objective {cfg.objective!r}: expected cache or drop")
+    if cfg.objective not in OBJECTIVES:
+        raise L2CError(f"objective {cfg.objective!r}: expected one of {OBJECTIVES}")
+    if cfg.objective == "trajectory" and cfg.sampler != "ddim":
+        raise L2CError("the trajectory objective is implemented for the ddim sampler")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_model(cfg.checkpoint, cfg.model, **cfg.model_kwargs)
-    data = load_dataset(cfg.data)
+    data = None if cfg.objective == "trajectory" else load_dataset(cfg.data)  # trajectory training is image-free
     n_sub = num_sublayers(model)
     depth = n_sub // 2
-    cache_steps = default_cache_steps(cfg.nfe, cfg.sampler)
+    # L2C reuses only right after a full step; the trajectory objective lets every step but the first reuse
+    cache_steps = list(range(1, cfg.nfe)) if cfg.objective == "trajectory" else default_cache_steps(cfg.nfe, cfg.sampler)
     if not cache_steps:
         raise L2CError(f"NFE {cfg.nfe} has no cache steps")
     diffusion = Diffusion.create(cfg.nfe)
@@ -116,50 +120,25 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
             log_path.write_text("".join(ln + "\n" for ln in kept))
 
     engine = CacheEngine(model)
-    null = model.num_classes
-    C = model.in_channels
     steps_t = torch.tensor(cache_steps)
     log_f = open(out / "train_log.jsonl", "a")
     bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"router λ={cfg.lam:g}", unit="it")
     t0, acc = time.time(), {"loss": 0.0, "mse": 0.0, "n": 0}
     with engine.installed():
         while step < cfg.steps:
-            m = int(steps_t[torch.randint(len(cache_steps), (1,), generator=gen)])  # cache step (sampling order)
-            idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
-            x0, y = data.batch(idx)
-            y = torch.where(torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout, torch.full_like(y, null), y)
-            noise = torch.randn(x0.shape, generator=gen)
-            fill = "fill" if cfg.objective == "cache" else "off"
-            with torch.no_grad():
-                if plan is None:  # DDIM: full step s = m-1 (respaced index i_s) -> cache step m
-                    i_m, i_s = cfg.nfe - 1 - m, cfg.nfe - m
-                    x_s = diffusion.q_sample(x0, torch.full((cfg.batch_size,), i_s), noise)
-                    eps = engine(model, x_s, ts[i_s].expand(cfg.batch_size), y, step=m - 1, mode=fill)[:, :C]
-                    x_m, _ = diffusion.ddim_step(x_s, eps, i_s, coef)
-                    t_m = ts[i_m].expand(cfg.batch_size)
-                else:  # DPM-Solver-2, shifted: outer step m/2-1 (its midpoint m-1 fills the cache) -> evaluation m
-                    from .dpm_solver import dpm2_step
-                    prev = plan.steps[m // 2 - 1]
-                    x_s = prev.alpha_s * x0 + prev.sigma_s * noise
-                    x_m, _ = dpm2_step(lambda x, t, k: engine(model, x, t, y, step=k, mode=fill if k == m - 1 else "off")[:, :C],
-                                       x_s, plan, m // 2 - 1)
-                    t_m = torch.full((cfg.batch_size,), plan.steps[m // 2].model_t_s)
-                teacher = engine(model, x_m, t_m, y, step=m, mode="off")
-            r = _reuse_weights(beta[m], cfg).reshape(depth, 2)
-            student = engine(model, x_m, t_m, y, step=m, mode="mix" if cfg.objective == "cache" else "drop-mix", mix=r)
-            sq = (student - teacher).pow(2)
-            mse = sq.mean() if cfg.reduction == "mean" else sq.flatten(1).sum(1).mean()
-            loss = mse + cfg.lam * torch.sigmoid(beta[m]).sum()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if cfg.objective == "trajectory":
+                loss_v, mse_v = _trajectory_iteration(model, engine, beta, cfg, diffusion, coef, ts, gen)
+            else:
+                loss_v, mse_v = _single_step_iteration(model, engine, beta, cfg, data, diffusion, coef, ts, gen, plan, steps_t)
             opt.step()
             if cfg.clamp is not None:
                 with torch.no_grad():
                     beta.clamp_(-cfg.clamp, cfg.clamp)
             engine.cache.clear()
             step += 1
-            acc["loss"] += loss.item()
-            acc["mse"] += mse.item()
+            acc["loss"] += loss_v
+            acc["mse"] += mse_v
             acc["n"] += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -184,10 +163,83 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
               "cache_steps": cache_steps, "objective": cfg.objective, "lam": cfg.lam, "depth": depth,
               "checkpoint": cfg.checkpoint, "steps": step}
     save_torch(router, out / "router.pt")
-    export_official(router, out / "router_official.pt")
+    if cfg.objective != "trajectory":  # the authors' layout has no place for free cache steps
+        export_official(router, out / "router_official.pt")
     write_json(out / "record.json", {"config": asdict(cfg), "steps": step, "wall_time_s": elapsed,
                                      "s_per_1000_it": 1000 * elapsed / max(step, 1), "environment": environment_record("cpu")})
     return out / "router.pt"
+
+
+def _drop_labels(y: torch.Tensor, null: int, p: float, gen: torch.Generator) -> torch.Tensor:
+    return torch.where(torch.rand(y.shape[0], generator=gen) < p, torch.full_like(y, null), y)
+
+
+def _single_step_iteration(model, engine, beta, cfg, data, diffusion, coef, ts, gen, plan, steps_t) -> tuple[float, float]:
+    """One L2C / learning-to-drop iteration (see the module docstring); backpropagates, returns (loss, mse)."""
+    C, B = model.in_channels, cfg.batch_size
+    depth = beta.shape[1] // 2
+    m = int(steps_t[torch.randint(len(steps_t), (1,), generator=gen)])  # cache step (sampling order)
+    x0, y = data.batch(torch.randint(len(data), (B,), generator=gen))
+    y = _drop_labels(y, model.num_classes, cfg.label_dropout, gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    fill = "fill" if cfg.objective == "cache" else "off"
+    with torch.no_grad():
+        if plan is None:  # DDIM: full step s = m-1 (respaced index i_s) -> cache step m
+            i_m, i_s = cfg.nfe - 1 - m, cfg.nfe - m
+            x_s = diffusion.q_sample(x0, torch.full((B,), i_s), noise)
+            eps = engine(model, x_s, ts[i_s].expand(B), y, step=m - 1, mode=fill)[:, :C]
+            x_m, _ = diffusion.ddim_step(x_s, eps, i_s, coef)
+            t_m = ts[i_m].expand(B)
+        else:  # DPM-Solver-2, shifted: outer step m/2-1 (its midpoint m-1 fills the cache) -> evaluation m
+            from .dpm_solver import dpm2_step
+            prev = plan.steps[m // 2 - 1]
+            x_s = prev.alpha_s * x0 + prev.sigma_s * noise
+            x_m, _ = dpm2_step(lambda x, t, k: engine(model, x, t, y, step=k, mode=fill if k == m - 1 else "off")[:, :C],
+                               x_s, plan, m // 2 - 1)
+            t_m = torch.full((B,), plan.steps[m // 2].model_t_s)
+        teacher = engine(model, x_m, t_m, y, step=m, mode="off")
+    r = _reuse_weights(beta[m], cfg).reshape(depth, 2)
+    student = engine(model, x_m, t_m, y, step=m, mode="mix" if cfg.objective == "cache" else "drop-mix", mix=r)
+    sq = (student - teacher).pow(2)
+    mse = sq.mean() if cfg.reduction == "mean" else sq.flatten(1).sum(1).mean()
+    loss = mse + cfg.lam * torch.sigmoid(beta[m]).sum()
+    loss.backward()
+    engine.cache.clear()
+    return loss.item(), mse.item()
+
+
+def _trajectory_iteration(model, engine, beta, cfg, diffusion, coef, ts, gen) -> tuple[float, float]:
+    """One trajectory-trained iteration (HarmoniCa-style, image-free): from fresh noise, the teacher
+    samples fully while the student samples with the soft router on its own trajectory (so each step
+    sees the cache errors of the steps before it; soft caches of any age via ``mix-update``). Loss =
+    mean over steps k >= 1 of ||x0_student(k) - x0_teacher(k)||^2 (the predicted clean image, a proxy
+    of the final-image error) + lambda * mean_k sum_j sigmoid(beta[k][j]). States are detached
+    between steps (truncated backpropagation), so each step's graph is freed after its backward."""
+    C, B, n = model.in_channels, cfg.batch_size, cfg.nfe
+    depth = beta.shape[1] // 2
+    x = torch.randn(B, C, model.input_size, model.input_size, generator=gen)
+    y = _drop_labels(torch.randint(model.num_classes, (B,), generator=gen), model.num_classes, cfg.label_dropout, gen)
+    xs = xt = x
+    tot_loss = tot_mse = 0.0
+    for k in range(n):
+        i = n - 1 - k
+        t = ts[i].expand(B)
+        with torch.no_grad():
+            xt_next, x0_t = diffusion.ddim_step(xt, engine(model, xt, t, y, step=k, mode="off")[:, :C], i, coef)
+        if k == 0:
+            with torch.no_grad():
+                xs_next, _ = diffusion.ddim_step(xs, engine(model, xs, t, y, step=0, mode="fill")[:, :C], i, coef)
+        else:
+            r = _reuse_weights(beta[k], cfg).reshape(depth, 2)
+            xs_next, x0_s = diffusion.ddim_step(xs, engine(model, xs, t, y, step=k, mode="mix-update", mix=r)[:, :C], i, coef)
+            mse = (x0_s - x0_t).pow(2).mean()
+            loss = (mse + cfg.lam * torch.sigmoid(beta[k]).sum()) / (n - 1)
+            loss.backward()
+            tot_loss += loss.item()
+            tot_mse += mse.item() / (n - 1)
+        xs, xt = xs_next.detach(), xt_next
+    engine.cache.clear()
+    return tot_loss, tot_mse
 
 
 def export_official(router: dict, path: str | os.PathLike) -> None:

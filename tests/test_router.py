@@ -173,3 +173,17 @@ def test_dpm2_router_training_and_official_layout(tmp_path):
     noise, labels = noise_and_labels(0, np.arange(2), (1, 8, 8), 10)
     out = sample(load_model(ckpt), noise, labels, sampler="dpm2", nfe=8, cfg_scale=0.4, schedule=ours)
     assert torch.isfinite(out).all()
+
+
+def test_trajectory_objective_free_cache_steps(tiny_ckpt, tmp_path):
+    r0 = train_router(cfg_for(tiny_ckpt, objective="trajectory", nfe=5, lam=0.0, steps=25, batch_size=4), tmp_path / "t0", progress=False)
+    r1 = train_router(cfg_for(tiny_ckpt, objective="trajectory", nfe=5, lam=1.0, steps=25, batch_size=4), tmp_path / "t1", progress=False)
+    s0, s1 = load_schedule_from_router(r0, 0.5), load_schedule_from_router(r1, 0.5)
+    assert s1.cache_steps == [1, 2, 3, 4]  # any step but the first may reuse (cache ages > 1)
+    assert s1.num_reused > s0.num_reused
+    log = [json.loads(ln) for ln in (tmp_path / "t0" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["mse"] < log[0]["mse"]
+    m = load_model(tiny_ckpt)
+    noise, labels = noise_and_labels(0, np.arange(2), (1, 8, 8), 10)
+    assert torch.isfinite(sample(m, noise, labels, nfe=5, schedule=s1)).all()
+    assert not (tmp_path / "t1" / "router_official.pt").exists()
