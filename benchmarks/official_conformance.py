@@ -367,7 +367,13 @@ def main(argv=None) -> int:
     runners = {"forward": check_forward, "ddim": check_ddim, "l2c": check_l2c}
     for c in checks:
         t0 = time.perf_counter()
-        rows += runners[c](args, device)
+        try:
+            rows += runners[c](args, device)
+        except ModuleNotFoundError as e:
+            if e.name == "timm":
+                p.exit(2, "error: the official model files import timm: `pip install timm` in a scratch environment "
+                          "(or `pip install --target DIR --no-deps timm` and PYTHONPATH=DIR); it is not an l2c-suite dependency\n")
+            raise
         print(f"[{c}] done in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
 
     print(f"{'check':8} {'case':36} {'max_abs':>11} {'max_rel':>11} {'ref_scale':>10} {'bitwise':>7}  result")
