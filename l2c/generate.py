@@ -161,6 +161,9 @@ def generate(cfg: SampleConfig, out: str | os.PathLike, shards: tuple[int, int] 
     out = Path(out)
     if cfg.num_samples < 1 or cfg.shard_size < 1 or cfg.batch_size < 1:
         raise L2CError("num_samples, shard_size and batch_size must be positive")
+    if out.exists() and out.with_suffix(".json").exists() and _sidecar_config(out) == asdict(cfg):
+        log.info("%s is complete for this configuration; nothing to do", out)
+        return out
     sdir = shard_dir(out)
     sdir.mkdir(parents=True, exist_ok=True)
     if (sdir / "config.json").exists():
@@ -196,6 +199,14 @@ def generate(cfg: SampleConfig, out: str | os.PathLike, shards: tuple[int, int] 
     if not keep_shards:
         shutil.rmtree(sdir)
     return out
+
+
+def _sidecar_config(out: Path) -> dict | None:
+    from .io import read_json
+    try:
+        return read_json(out.with_suffix(".json")).get("config")
+    except (L2CError, AttributeError):
+        return None
 
 
 def _check_same_config(sdir: Path, cfg: SampleConfig) -> None:

@@ -102,3 +102,11 @@ def test_embedded_report_runs_on_a_tiny_model(tiny_ckpt, tmp_path):
     assert "psnr_db" in s["ddim10"] and "psnr_db" not in s["ddim20"]
     assert 0 <= rep["ddim50"]["label_agreement"] <= 1
     assert json.loads((tmp_path / "rep" / "quality.json").read_text())["sampling_wall_s_1000_nfe20_cfg"] > 0
+
+
+def test_complete_output_is_not_recomputed(tiny_ckpt, tmp_path):
+    out = generate(cfg(tiny_ckpt), tmp_path / "a.npz", progress=False)
+    mtime = out.stat().st_mtime_ns
+    assert generate(cfg(tiny_ckpt), out, progress=False) == out and out.stat().st_mtime_ns == mtime
+    generate(cfg(tiny_ckpt, nfe=3), out, progress=False)  # another configuration: regenerated
+    assert out.stat().st_mtime_ns != mtime

@@ -1,0 +1,600 @@
+"""The benchmark grid as cells, and the per-cell stages the Snakemake workflow calls.
+
+A *cell* is one (model, NFE, method) entry of the paper's tables: ``full`` (the uncached sampler),
+``l2c-lam{λ}-th{θ}`` (Learning-to-Cache, paper Eq. 9 router at threshold θ), ``fewer-lam{λ}``
+(fewer sampling steps with the MACs of that L2C cell, Table 1), the Fig. 4 heuristics at the L2C
+cell's budget (``bottom``, ``top``, ``random-s{seed}``, ``metrics``, ``interval``), the Tables 5/7
+drop baselines (``drop`` = learning-to-drop, ``random-drop-s{seed}``), ``cache-all`` (Table 6)
+and ``official-th{θ}`` (the authors' released router).
+
+Two halves, one file:
+
+- planning (:func:`resolve`, :func:`plan`, :func:`routers`, :func:`missing_files`): pure Python,
+  no torch import, called by ``workflow/rules/common.smk`` at parse time;
+- stages (:func:`make_schedule`, :func:`sample_cell`, :func:`measure_latency`, :func:`profile_cell`,
+  :func:`train_router_cell`, :func:`pretrain_model`, :func:`cell_record`): thin calls into the
+  package, each used by one ``workflow/scripts/*.py`` adapter. torch is imported inside them.
+
+Config keys are documented in ``config/config.yaml``; defaults live here (:data:`DEFAULTS`,
+:data:`MODEL_DEFAULTS`, :data:`NFE_DEFAULTS`) and nowhere else."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+REPO = Path(__file__).resolve().parent.parent
+
+# -- defaults ------------------------------------------------------------------------------------
+
+DEFAULTS: dict[str, Any] = {
+    "results": "results",  # data (one JSON per cell), tables, figures: small, committed
+    "work": "work",  # samples, routers, checkpoints, logs, benchmarks: large, not committed
+    "check_files": True,  # stop before any job when a checkpoint / VAE / reference / data file is missing
+    "device": "cpu",  # device of sampling, evaluation and latency jobs (cuda: jobs request resources gpu=1)
+    "dtype": "fp32",  # fp32 | bf16 | tf32 (sampling); latency uses fp32 | bf16
+    "threads": 1,  # torch threads per job
+    "sample_jobs": 1,  # >1: each cell's sampling fans out over this many shard-range jobs + one merge
+    "random_seeds": [0, 1, 2],  # seeds of the random heuristics (Fig. 4 "Manual: Random", random drop)
+    "sampling": {"num_samples": 1000, "seed": 0, "labels": "uniform", "shard_size": 250, "batch_size": 250},
+    "latency": {"batch": 8, "repeats": 5, "warmup": 1, "seed": 0},
+    "profile": {"num_samples": 64, "seed": 1234},
+    "router": {"steps": 2000, "batch_size": 64, "lr": 1e-3, "clamp": 5.0, "reduction": "mean", "seed": 0,
+               "label_dropout": 0.1, "ste_threshold": None},
+    "figures": {"grid_samples": 16, "grid_methods": ["full", "l2c", "fewer", "drop", "random-drop"]},
+    "models": {},
+}
+
+MODEL_DEFAULTS: dict[str, Any] = {
+    "label": None,  # shown in tables; default: the model key
+    "paper": None,  # the paper's row name (e.g. "DiT-XL/2 256") whose published numbers sit beside ours
+    "checkpoint": None,  # model weights; omit when ``pretrain`` makes them inside the workflow
+    "pretrain": None,  # {config: YAML, <PretrainConfig keys>}: train the model in the workflow (embedded data only)
+    "model": None,  # registry name for official plain state dicts, e.g. DiT-XL/2
+    "model_kwargs": {},  # e.g. {input_size: 32}
+    "vae": None,  # SD-VAE folder for latent models
+    "data": "digits:train",  # router training data: digits:train | latents:PATH.npz | folder:PATH
+    "reference": "digits",  # reference batch: "digits" (made by the workflow) or an ADM .npz path
+    "backend": "digits",  # metrics feature backend: digits | inception-adm
+    "sampler": "ddim",  # ddim | dpm2
+    "cfg_scale": 1.5,
+    "cfg_channels": None,  # DiT-XL/2 official: 3
+    "sources": {},  # where to get each external file: {checkpoint: ..., vae: ..., reference: ..., data: ..., official_router: ...}
+    "sampling": {},  # overrides of the top-level ``sampling``
+    "latency": {},  # overrides of the top-level ``latency``
+    "router": {},  # overrides of the top-level ``router``
+    "nfe": {},
+}
+
+NFE_DEFAULTS: dict[str, Any] = {
+    "lambdas": [],  # routers trained (one L2C cell each at ``theta``; Table 1 rows, Table 9 ablation)
+    "lambda": None,  # the main lambda (Table 8); default: the first of ``lambdas``
+    "theta": 0.1,  # the main threshold (compute iff sigmoid(beta) > theta)
+    "thetas": [],  # theta sweep of the main router (Fig. 6)
+    "fewer_lambdas": None,  # fewer-steps cells matched to these L2C cells (default: [lambda])
+    "heuristics": [],  # Fig. 4 heuristics at matched budgets: bottom, top, random, metrics, interval
+    "heuristic_lambdas": None,  # budgets of these L2C cells (default: [lambda])
+    "drop": [],  # Tables 5/7 at the main L2C budget: drop (learning-to-drop), random-drop
+    "cache_all": False,  # Table 6: every sub-layer reused in every cache step (dpm2: shifted and unshifted)
+    "official_router": None,  # the authors' released router file for this setting (adds official-th{theta})
+    "router": {},  # overrides of the model's router settings (e.g. steps)
+}
+
+HEURISTICS = ("bottom", "top", "random", "metrics", "interval")
+DROPS = ("drop", "random-drop")
+SEEDED = ("random", "random-drop")
+
+
+def fmt(x: float) -> str:
+    """Canonical short form of a lambda / theta in file names: 1e-06, 0.0005, 0.1."""
+    return f"{float(x):g}"
+
+
+def _merge(base: dict, over: dict | None) -> dict:
+    """Deep merge (dicts merge, everything else replaces), without touching the inputs."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+class ConfigError(ValueError):
+    """A config value that the JSON schema cannot catch (cross-references between keys)."""
+
+
+def _real(x: Any, where: str) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {x!r} is not a number") from None
+
+
+def _local(path: str | None, repo: Path = REPO) -> str | None:
+    """A config path: absolute, or relative to the working directory, else to the repository."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not (repo / p).exists():
+        return str(p)
+    return str(repo / p)
+
+
+def resolve(config: dict) -> dict:
+    """The config with every default filled in, NFE keys as ints, numbers as floats, per-model and
+    per-NFE overrides merged into ``sampling`` / ``latency`` / ``router``, and input paths resolved."""
+    cfg = _merge(DEFAULTS, config)
+    cfg["check_files"] = cfg["check_files"] in (True, "true")  # --config check_files=false gives a string
+    for name, m in cfg["models"].items():
+        m = _merge(MODEL_DEFAULTS, m)
+        where = f"models.{name}"
+        m["label"] = m["label"] or name
+        for key in ("sampling", "latency", "router"):
+            m[key] = _merge(cfg[key], m[key])
+        if m["checkpoint"] is None and m["pretrain"] is None:
+            raise ConfigError(f"{where}: give a checkpoint or a pretrain section")
+        if m["checkpoint"] is not None and m["pretrain"] is not None:
+            raise ConfigError(f"{where}: give either checkpoint or pretrain, not both")
+        # made inside the workflow: the pretrained checkpoint and the digits reference batch
+        m["checkpoint"] = f"{cfg['work']}/{name}/pretrain/model.pt" if m["pretrain"] else _local(m["checkpoint"])
+        m["vae"] = _local(m["vae"])
+        m["reference"] = f"{cfg['work']}/reference/digits.npz" if m["reference"] == "digits" else _local(m["reference"])
+        if m["pretrain"] and m["pretrain"].get("config"):
+            m["pretrain"]["config"] = _local(m["pretrain"]["config"])
+        kind, _, arg = m["data"].partition(":")
+        if kind in ("latents", "folder"):
+            m["data"] = f"{kind}:{_local(arg)}"
+        nfes = {}
+        for key, s in m["nfe"].items():
+            try:
+                nfe = int(key)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}.nfe: key {key!r} is not an NFE (an integer)") from None
+            nfes[nfe] = _resolve_nfe(_merge(NFE_DEFAULTS, s), f"{where}.nfe.{nfe}", m)
+        m["nfe"] = nfes
+        cfg["models"][name] = m
+    return cfg
+
+
+def _resolve_nfe(s: dict, where: str, m: dict) -> dict:
+    s["lambdas"] = [_real(x, f"{where}.lambdas") for x in s["lambdas"]]
+    s["thetas"] = [_real(x, f"{where}.thetas") for x in s["thetas"]]
+    s["theta"] = _real(s["theta"], f"{where}.theta")
+    if not s["lambdas"]:
+        if s["lambda"] is not None or s["thetas"] or s["fewer_lambdas"] or s["heuristics"] or s["drop"]:
+            raise ConfigError(f"{where}: lambda / thetas / fewer_lambdas / heuristics / drop need at least one entry in lambdas")
+        s["lambda"] = None
+    else:
+        s["lambda"] = s["lambdas"][0] if s["lambda"] is None else _real(s["lambda"], f"{where}.lambda")
+    for key in ("fewer_lambdas", "heuristic_lambdas"):
+        vals = [s["lambda"]] if s[key] is None and s["lambda"] is not None else (s[key] or [])
+        s[key] = [_real(x, f"{where}.{key}") for x in vals]
+        for lam in (s["lambda"], *s[key]):
+            if lam is not None and lam not in s["lambdas"]:
+                raise ConfigError(f"{where}: lambda {lam:g} (in {'lambda' if lam == s['lambda'] else key}) "
+                                  f"is not among lambdas {s['lambdas']}")
+    s["official_router"] = _local(s["official_router"])
+    s["router"] = _merge(m["router"], s["router"])
+    return s
+
+
+# -- the grid ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: its identity and how its schedule is made."""
+
+    model: str
+    nfe: int
+    method: str
+    family: str  # full | l2c | fewer | bottom | top | random | metrics | interval | drop | random-drop | cache-all | cache-all-unshifted | official
+    lam: float | None = None
+    theta: float | None = None
+    seed: int | None = None
+    match: str | None = None  # the L2C cell whose budget (or MACs, for fewer) this cell matches
+    router: str | None = None  # router id: cache-lam{λ}, drop-lam{λ}, or "official"
+    sweep: bool = False  # a theta-sweep cell (Fig. 6) rather than a main-theta cell
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def l2c_method(lam: float, theta: float) -> str:
+    return f"l2c-lam{fmt(lam)}-th{fmt(theta)}"
+
+
+def router_id(objective: str, lam: float) -> str:
+    return f"{objective}-lam{fmt(lam)}"
+
+
+def plan(cfg: dict) -> list[Cell]:
+    """Every cell of a resolved config, in table order (models, NFE descending, then methods)."""
+    cells: list[Cell] = []
+    for model, m in cfg["models"].items():
+        for nfe in sorted(m["nfe"], reverse=True):
+            cells += _plan_nfe(model, nfe, m["nfe"][nfe], m["sampler"], cfg["random_seeds"])
+    keys = [(c.model, c.nfe, c.method) for c in cells]
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise ConfigError(f"cells planned twice (lambdas or thetas that print alike?): {dup}")
+    return cells
+
+
+def _plan_nfe(model: str, nfe: int, s: dict, sampler: str, seeds: list[int]) -> list[Cell]:
+    out = [Cell(model, nfe, "full", "full")]
+    lam, theta = s["lambda"], s["theta"]
+    for x in s["lambdas"]:
+        out.append(Cell(model, nfe, l2c_method(x, theta), "l2c", x, theta, router=router_id("cache", x)))
+    for th in s["thetas"]:
+        if th != theta:
+            out.append(Cell(model, nfe, l2c_method(lam, th), "l2c", lam, th, router=router_id("cache", lam), sweep=True))
+    for x in s["fewer_lambdas"]:
+        out.append(Cell(model, nfe, f"fewer-lam{fmt(x)}", "fewer", x, theta, match=l2c_method(x, theta)))
+    for x in s["heuristic_lambdas"]:
+        for kind in s["heuristics"]:
+            for seed in (seeds if kind in SEEDED else [None]):
+                name = f"{kind}-s{seed}" if seed is not None else kind
+                out.append(Cell(model, nfe, f"{name}-lam{fmt(x)}", kind, x, theta, seed, match=l2c_method(x, theta)))
+    for kind in s["drop"]:
+        for seed in (seeds if kind in SEEDED else [None]):
+            name = f"{kind}-s{seed}" if seed is not None else kind
+            out.append(Cell(model, nfe, f"{name}-lam{fmt(lam)}", kind, lam, theta, seed, match=l2c_method(lam, theta),
+                            router=router_id("drop", lam) if kind == "drop" else None))
+    if s["cache_all"]:
+        out.append(Cell(model, nfe, "cache-all", "cache-all"))
+        if sampler == "dpm2":
+            out.append(Cell(model, nfe, "cache-all-unshifted", "cache-all-unshifted"))
+    if s["official_router"]:
+        out.append(Cell(model, nfe, f"official-th{fmt(theta)}", "official", None, theta, router="official"))
+    return out
+
+
+def routers(cfg: dict) -> list[tuple[str, int, str, float]]:
+    """Every router to train: (model, nfe, objective, lambda)."""
+    seen: dict[tuple, None] = {}
+    for c in plan(cfg):
+        if c.router and c.router != "official":
+            seen[(c.model, c.nfe, c.router.split("-lam")[0], c.lam)] = None
+    return list(seen)
+
+
+def external_files(cfg: dict) -> list[tuple[str, str, str]]:
+    """Files the workflow reads but cannot make: (what, path, where to get it)."""
+    out = []
+    for name, m in cfg["models"].items():
+        src = m["sources"]
+
+        def add(what: str, path: str | None, key: str) -> None:
+            if path:
+                out.append((f"models.{name}.{what}", path, src.get(key, "see config/paper.yaml and docs/workflow.md")))
+        if not m["pretrain"]:
+            add("checkpoint", m["checkpoint"], "checkpoint")
+        add("vae", m["vae"], "vae")
+        if not is_digits_reference(cfg, m):
+            add("reference", m["reference"], "reference")
+        kind, _, arg = m["data"].partition(":")
+        if kind in ("latents", "folder") and any(s["lambdas"] for s in m["nfe"].values()):
+            add("data", arg, "data")
+        for nfe, s in m["nfe"].items():
+            add(f"nfe.{nfe}.official_router", s["official_router"], "official_router")
+    return out
+
+
+def is_digits_reference(cfg: dict, m: dict) -> bool:
+    return m["reference"] == f"{cfg['work']}/reference/digits.npz"
+
+
+def missing_files(cfg: dict) -> list[tuple[str, str, str]]:
+    return [f for f in external_files(cfg) if not Path(f[1]).exists()]
+
+
+def missing_message(missing: list[tuple[str, str, str]]) -> str:
+    """One message listing every missing file once, the config keys that name it, and its source
+    (``{name}`` in a source is the file's name)."""
+    by_path: dict[str, list] = {}
+    for what, path, source in missing:
+        by_path.setdefault(path, [[], source])[0].append(what)
+    lines = [f"{len(by_path)} input file(s) missing; nothing was run. Get each file, or fix its path in the config:"]
+    for path, (whats, source) in by_path.items():
+        lines.append(f"  - {path}  ({', '.join(whats)})\n      get it from: {source.replace('{name}', Path(path).name)}")
+    lines.append("(To plan without the files, e.g. for a dry run: --config check_files=false.)")
+    return "\n".join(lines)
+
+
+# -- stages (torch imported inside) ------------------------------------------------------------------
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
+
+
+def load_cell_model(m: dict):
+    """The model of a model row (our checkpoint format records the architecture)."""
+    from .models import load_model
+    return load_model(m["checkpoint"], m["model"], **m["model_kwargs"])
+
+
+def pretrain_model(pre: dict, out_dir: str | os.PathLike, threads: int | None = None) -> Path:
+    """``l2c pretrain`` from a model row's ``pretrain`` section: ``config`` (a YAML of
+    PretrainConfig keys) overridden by the section's other keys."""
+    import yaml
+
+    from .pretrain import PretrainConfig, pretrain
+    d = dict(pre)
+    base = d.pop("config", None)
+    opts = (yaml.safe_load(Path(base).read_text()) or {}) if base else {}
+    opts.update(d)
+    opts["threads"] = threads or opts.get("threads")
+    return pretrain(PretrainConfig(**opts), out_dir, progress=False)
+
+
+def profile_cell(m: dict, nfe: int, out: str | os.PathLike, *, num_samples: int, seed: int, threads: int | None = None) -> None:
+    """Redundancy profile of one (model, NFE) (paper Fig. 3; ranking of the Metrics heuristic)."""
+    import numpy as np
+
+    from .generate import noise_and_labels
+    from .profile import profile_redundancy, write_profile
+    _set_threads(threads)
+    model = load_cell_model(m)
+    shape = (model.in_channels, model.input_size, model.input_size)
+    noise, labels = noise_and_labels(seed, np.arange(num_samples), shape, model.num_classes)
+    df = profile_redundancy(model, noise, labels, nfe=nfe, sampler=m["sampler"], cfg_scale=m["cfg_scale"],
+                            cfg_channels=m["cfg_channels"])
+    write_profile(df, out)
+
+
+def train_router_cell(m: dict, nfe: int, objective: str, lam: float, opts: dict, out_dir: str | os.PathLike,
+                      record_json: str | os.PathLike, threads: int | None = None) -> None:
+    """Train one router (``l2c train-router``) and write its data record: sigmoid(beta) per
+    (step, sub-layer) in sampling order, the training wall time and the last log line (Table 8, Fig. 5)."""
+    import torch
+
+    from .io import environment_record, read_json, write_json
+    from .router import RouterConfig, load_router, train_router
+    cfg = RouterConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], data=m["data"],
+                       sampler=m["sampler"], nfe=nfe, lam=lam, objective=objective, threads=threads, **opts)
+    path = train_router(cfg, out_dir, progress=False)
+    r = load_router(path)
+    rec = read_json(Path(out_dir) / "record.json")
+    log_lines = (Path(out_dir) / "train_log.jsonl").read_text().splitlines()
+    write_json(record_json, {
+        "checkpoint": m["checkpoint"], "nfe": nfe, "sampler": r["sampler"], "objective": objective, "lambda": lam,
+        "depth": r["depth"], "cache_steps": r["cache_steps"], "steps": r["steps"],
+        "probs": [[round(float(v), 6) for v in row] for row in torch.sigmoid(r["beta"].double())],
+        "wall_time_s": rec["wall_time_s"], "s_per_1000_it": rec["s_per_1000_it"],
+        "last_log": json.loads(log_lines[-1]) if log_lines else None,
+        "config": rec["config"], "environment": rec["environment"],
+    })
+
+
+def _meta_model(m: dict):
+    """The model row's architecture on the meta device (no weights read when ``model`` names it;
+    our checkpoint format records it)."""
+    import torch
+
+    from .io import load_torch
+    from .models import create_model
+    if m["model"]:
+        name, kw = m["model"], m["model_kwargs"]
+    else:
+        obj = load_torch(m["checkpoint"], "model checkpoint")
+        name, kw = obj["model"], {**obj["model_kwargs"], **m["model_kwargs"]}
+    with torch.device("meta"):
+        return create_model(name, **kw)
+
+
+def model_depth(m: dict) -> int:
+    """Number of cacheable blocks of a model row."""
+    from .models import cacheable_blocks
+    return len(cacheable_blocks(_meta_model(m)))
+
+
+def _model_macs(m: dict):
+    """Per-evaluation and per-branch MACs (thop convention) of a model row."""
+    import torch
+
+    from .macs import count_model_macs
+    model = _meta_model(m)
+    with torch.device("meta"):
+        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
+        return count_model_macs(model, x, torch.zeros(1), torch.zeros(1, dtype=torch.long))
+
+
+def make_schedule(cell: dict, m: dict, out: str | os.PathLike, *, router: str | None = None, match: str | None = None,
+                  profile: str | None = None) -> None:
+    """Write the cache schedule JSON of a cell (its ``nfe`` is the number of steps actually sampled).
+
+    ``full`` / ``fewer``: compute everything (fewer: k steps with k x MACs per evaluation closest to
+    the matched L2C cell's MACs); ``l2c`` / ``official``: router at theta; heuristics and random drop:
+    ``l2c.baselines.heuristic_schedule`` at the matched budget; ``interval``: DeepCache-style, every
+    block from ``deep_from`` reused in every cache step, ``deep_from`` chosen to match the budget;
+    ``drop``: the learning-to-drop router's lowest-probability pairs, exactly the matched budget;
+    ``cache-all``: every sub-layer reused in every cache step."""
+    import numpy as np
+
+    from .baselines import heuristic_schedule, interval_schedule
+    from .cache import CacheSchedule, default_cache_steps
+    from .macs import macs_report
+    from .profile import profile_matrix, read_profile
+    from .router import load_router, load_schedule_from_router
+
+    fam, nfe, sampler = cell["family"], cell["nfe"], m["sampler"]
+    target = CacheSchedule.load(match) if match else None
+    meta: dict[str, Any] = {"cell": cell}
+    if fam == "full":
+        sched = CacheSchedule.full(nfe, model_depth(m), sampler)
+    elif fam == "fewer":
+        mm = _model_macs(m)
+        target_macs = macs_report(mm, target, nfe)["macs_total"]
+        step = 2 if sampler == "dpm2" else 1  # DPM-Solver-2 takes two evaluations per step
+        k = int(min(nfe, max(step, step * round(target_macs / (step * mm.per_eval)))))
+        sched = CacheSchedule.full(k, target.depth, sampler, source=f"fewer-steps:{k}")
+        meta.update({"fewer_steps_of": nfe, "macs_target": int(target_macs), "macs": int(k * mm.per_eval)})
+    elif fam in ("l2c", "official"):
+        sched = load_schedule_from_router(router, cell["theta"], sampler=sampler, nfe=nfe)
+    elif fam in ("bottom", "top", "random", "metrics", "random-drop"):
+        prof = profile_matrix(read_profile(profile)) if fam == "metrics" else None
+        sched = heuristic_schedule(fam, target.num_reused, nfe, target.depth, sampler, seed=cell["seed"] or 0, profile=prof)
+    elif fam == "interval":
+        per_step = target.num_reused / max(len(target.cache_steps), 1)
+        deep_from = int(min(target.depth, max(0, target.depth - round(per_step / 2))))
+        if sampler == "ddim":
+            sched = interval_schedule(nfe, target.depth, 2, sampler, deep_from=deep_from)
+        else:  # shifted cache steps (appendix B.1)
+            compute = np.ones((nfe, target.depth, 2), bool)
+            compute[default_cache_steps(nfe, sampler), deep_from:] = False
+            sched = CacheSchedule(compute, default_cache_steps(nfe, sampler), sampler=sampler,
+                                  source=f"interval:shifted:from={deep_from}", meta={"deep_from": deep_from})
+        meta["budget_target"] = target.num_reused
+    elif fam == "drop":
+        r = load_router(router)
+        probs = 1 / (1 + np.exp(-r["beta"].double().numpy()))
+        pairs = sorted((probs[k, j], k, j) for k in r["cache_steps"] for j in range(probs.shape[1]))
+        flat = np.ones(probs.shape, bool)
+        for _, k, j in pairs[:target.num_reused]:
+            flat[k, j] = False
+        sched = CacheSchedule.from_mask(flat, r["cache_steps"], sampler=sampler, policy="drop",
+                                        source=f"router-budget:{Path(router).parent.name}", meta={"budget": target.num_reused})
+    elif fam in ("cache-all", "cache-all-unshifted"):
+        depth = model_depth(m)
+        steps = default_cache_steps(nfe, sampler if fam == "cache-all" else "dpm2-unshifted")
+        compute = np.ones((nfe, depth, 2), bool)
+        compute[steps] = False
+        sched = CacheSchedule(compute, steps, sampler=sampler if fam == "cache-all" else "dpm2-unshifted", source=fam)
+    else:
+        from .io import L2CError
+        raise L2CError(f"cell {cell['method']}: unknown family {fam!r}")
+    sched.meta = {**sched.meta, **meta}
+    if target is not None:
+        sched.meta["matched_to"] = {"method": cell["match"], "num_reused": target.num_reused}
+    sched.save(out)
+
+
+def sample_config(m: dict, schedule_json: str | os.PathLike, device: str, dtype: str):
+    """The ``SampleConfig`` of a cell: the model row's sampling settings at the schedule's NFE;
+    a schedule that reuses nothing samples without the cache engine."""
+    from .cache import CacheSchedule
+    from .generate import SampleConfig
+    s = m["sampling"]
+    sched = CacheSchedule.load(schedule_json)
+    return SampleConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], vae=m["vae"],
+                        sampler=m["sampler"], nfe=sched.nfe, cfg_scale=m["cfg_scale"], cfg_channels=m["cfg_channels"],
+                        schedule=str(schedule_json) if sched.num_reused else None, num_samples=s["num_samples"],
+                        seed=s["seed"], labels=s["labels"], shard_size=s["shard_size"], batch_size=s["batch_size"],
+                        device=device, dtype=dtype)
+
+
+def shard_range(m: dict, part: int, parts: int) -> tuple[int, int]:
+    """Shards [first, stop) of job ``part`` of ``parts`` (``l2c sample --shards first:stop``)."""
+    s = m["sampling"]
+    total = -(-s["num_samples"] // s["shard_size"])
+    return part * total // parts, (part + 1) * total // parts
+
+
+def sample_cell(m: dict, schedule_json: str | os.PathLike, out: str | os.PathLike, *, device: str, dtype: str,
+                part: tuple[int, int] | None = None, threads: int | None = None) -> None:
+    """``l2c sample`` of one cell: all shards then merge, or only the shards of job ``part = (i, n)``
+    (shards kept for the merge job, which runs without ``part``)."""
+    from .generate import generate
+    _set_threads(threads)
+    cfg = sample_config(m, schedule_json, device, dtype)
+    if part is None:
+        generate(cfg, out, progress=False)
+    else:
+        generate(cfg, out, shards=shard_range(m, *part), progress=False, keep_shards=True)
+
+
+def measure_latency(m: dict, schedule_json: str | os.PathLike, nfe: int, *, device: str, dtype: str, batch: int,
+                    repeats: int, warmup: int, seed: int, threads: int | None = None) -> dict:
+    """In-process latency of the cell vs the uncached sampler at the grid NFE, interleaved repeats
+    (``l2c.bench.time_sampling``; paper convention: batch with CFG, sampling loop only, no VAE),
+    and the thop-convention MACs of both."""
+    import statistics
+    from contextlib import nullcontext
+
+    import torch
+
+    from .bench import DTYPES, time_sampling
+    from .cache import CacheSchedule
+    from .io import environment_record
+    from .macs import count_model_macs, macs_report
+    _set_threads(threads)
+    dev = torch.device(device)
+    model = load_cell_model(m).to(dev)
+    sched = CacheSchedule.load(schedule_json)
+    cell_sched = sched if sched.num_reused else None
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g).to(dev)
+    labels = torch.randint(model.num_classes, (batch,), generator=g).to(dev)
+    autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype in ("bf16", "fp16") else nullcontext()
+    if dtype == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    common = dict(sampler=m["sampler"], cfg_scale=m["cfg_scale"], cfg_channels=m["cfg_channels"], autocast=autocast)
+    is_full = sched.nfe == nfe and cell_sched is None
+    time_sampling(model, noise, labels, repeats=0, warmup=warmup, nfe=nfe, **common)
+    if not is_full:
+        time_sampling(model, noise, labels, repeats=0, warmup=warmup, nfe=sched.nfe, schedule=cell_sched, **common)
+    full, cached = [], []
+    for _ in range(repeats):
+        full += time_sampling(model, noise, labels, repeats=1, warmup=0, nfe=nfe, **common)
+        if not is_full:
+            cached += time_sampling(model, noise, labels, repeats=1, warmup=0, nfe=sched.nfe, schedule=cell_sched, **common)
+    cached = cached or full
+    mm = count_model_macs(model, noise[:1], torch.zeros(1, device=dev), labels[:1])
+    rep = macs_report(mm, cell_sched, sched.nfe)
+    t_full, t_cell = statistics.median(full), statistics.median(cached)
+    return {
+        "nfe": nfe, "nfe_sampled": sched.nfe, "batch": batch, "repeats": repeats, "warmup": warmup, "seed": seed,
+        "cfg_scale": m["cfg_scale"], "latency_full_s": t_full, "latency_s": t_cell, "speedup": t_full / t_cell,
+        "latency_full_all_s": full, "latency_all_s": cached,
+        "macs_per_eval": int(mm.per_eval), "macs_total": rep["macs_total"], "macs_full": int(mm.per_eval) * nfe,
+        "speedup_macs": int(mm.per_eval) * nfe / rep["macs_total"],
+        "environment": environment_record(dev, dtype),
+    }
+
+
+# -- one row per cell (no torch) ---------------------------------------------------------------------
+
+def _num(x: Any) -> Any:
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def cell_record(cell: dict, m: dict, schedule: dict, evaluation: dict, latency: dict, router: dict | None = None) -> dict:
+    """The flat data row of one cell, everything a table or figure needs (``results/.../cells/*.json``)."""
+    paired = evaluation.get("paired") or {}
+    cache_sub = len(schedule["cache_steps"]) * 2 * schedule["depth"]
+    reused = sum(row.count("0") for row in schedule["compute"])
+    env = latency.get("environment", {})
+    rec = {
+        **{k: cell[k] for k in ("model", "nfe", "method", "family", "lam", "theta", "seed", "match", "router", "sweep")},
+        "model_label": m["label"], "paper_model": m["paper"], "sampler": m["sampler"], "cfg_scale": m["cfg_scale"],
+        "nfe_sampled": schedule["nfe"], "policy": schedule["policy"], "schedule_source": schedule["source"],
+        "depth": schedule["depth"], "cache_sublayers": cache_sub, "num_reused": reused,
+        "remove_ratio": schedule["remove_ratio"], "remove_ratio_attn": schedule["remove_ratio_attn"],
+        "remove_ratio_mlp": schedule["remove_ratio_mlp"],
+        "macs_per_eval": latency["macs_per_eval"], "macs_total": latency["macs_total"], "macs_full": latency["macs_full"],
+        "speedup_macs": latency["speedup_macs"],
+        "latency_s": latency["latency_s"], "latency_full_s": latency["latency_full_s"], "speedup": latency["speedup"],
+        "latency_batch": latency["batch"], "latency_repeats": latency["repeats"],
+        "backend": evaluation["backend"], "feature_extractor": evaluation.get("feature_extractor"),
+        "n_samples": evaluation["n_samples"], "n_ref": evaluation["n_ref"],
+        "is": evaluation.get("inception_score"), "fid": evaluation.get("fid"), "sfid": evaluation.get("sfid"),
+        "precision": evaluation.get("precision"), "recall": evaluation.get("recall"),
+        "kid_mean": evaluation.get("kid_mean"), "kid_std": evaluation.get("kid_std"),
+        "psnr_db": _num(paired.get("psnr_db")), "psnr_mean_db": paired.get("psnr_mean_db"), "mse": paired.get("mse_mean"),
+        "paired_with": paired.get("paired_with"),
+        "router_steps": router.get("steps") if router else None,
+        "router_train_s": router.get("wall_time_s") if router else None,
+        "sampling_seed": m["sampling"]["seed"], "device": env.get("device"), "device_name": env.get("device_name"),
+        "dtype": env.get("dtype"), "torch": env.get("torch"), "git_revision": env.get("git_revision"),
+        "threads": env.get("num_threads"),
+    }
+    return rec
+
+
+def read_jsons(paths: Iterable[str | os.PathLike]) -> list[dict]:
+    return [json.loads(Path(p).read_text()) for p in paths]

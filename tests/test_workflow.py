@@ -1,0 +1,264 @@
+"""The Snakemake workflow: dry runs of the shipped configs, config validation, overlays, lint, and
+one real end-to-end run of config/smoke.yaml (pretraining, routers, sampling, evaluation, latency,
+tables, figures, report) in a temporary directory. CPU only; the whole file takes ~3-4 minutes on
+2 cores (the smoke run dominates)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from analysis.tables import TABLE_COLUMNS, tables_for
+from l2c import cells
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+CONFIG = REPO / "config" / "config.yaml"
+PAPER = REPO / "config" / "paper.yaml"
+SMOKE = REPO / "config" / "smoke.yaml"
+EMBEDDED = REPO / "l2c" / "assets" / "embedded" / "dit-digits.pt"
+# until the embedded checkpoint is committed, plan the default config without it
+NO_EMBEDDED = [] if EMBEDDED.exists() else ["check_files=false"]
+
+
+def smk(workdir: Path, *args: str, configfiles=(CONFIG,), config=(), timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run snakemake on the repository's Snakefile in ``workdir``."""
+    cmd = ["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
+    if configfiles:
+        cmd += ["--configfile", *map(str, configfiles)]
+    if config:
+        cmd += ["--config", *config]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=workdir)
+
+
+def dry_run(workdir: Path, **kw) -> tuple[Counter, list[str]]:
+    """(jobs per rule, planned output files) of a dry run."""
+    r = smk(workdir, "-n", "--cores", "1", **kw)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    if "Nothing to be done" in out:
+        return Counter(), []
+    stats = out[out.index("Job stats:"):]
+    jobs = Counter({m[1]: int(m[2]) for m in re.finditer(r"^(\S+)\s+(\d+)$", stats.split("\n\n")[0], re.M)
+                    if m[1] != "total"})
+    outputs = [f.strip() for line in re.findall(r"^\s+output: (.*)$", out, re.M) for f in line.split(",")]
+    return jobs, outputs
+
+
+def n_cells(configfile: Path) -> int:
+    return len(cells.plan(cells.resolve(yaml.safe_load(configfile.read_text()))))
+
+
+def expected_jobs(cfg: dict, digits_reference: bool) -> int:
+    """Jobs of a fresh run: 5 per cell (schedule, sample, evaluate, latency, cell), the routers, one
+    profile per (model, NFE), the reference, collect, tables, figures and `all`."""
+    rc = cells.resolve(cfg)
+    planned = cells.plan(rc)
+    nfes = [(c.model, c.nfe) for c in planned if c.family == "full"]
+    figures = 0
+    for model, nfe in nfes:
+        s = rc["models"][model]["nfe"][nfe]
+        figures += 2 + bool(s["heuristics"] or s["fewer_lambdas"]) + (s["lambda"] is not None) \
+            + (s["lambda"] is not None and len(set(s["thetas"]) | {s["theta"]}) > 1)
+    pretrain = sum(1 for m in rc["models"].values() if m["pretrain"])
+    tables = tables_for([c.to_dict() | {"sampler": rc["models"][c.model]["sampler"]} for c in planned])
+    return (5 * len(planned) + len(cells.routers(rc)) + len(nfes) + pretrain + int(digits_reference) + 1
+            + len(tables) + figures + 1)
+
+
+# -- planning ---------------------------------------------------------------------------------------------
+
+def test_default_dry_run_plans_every_job(tmp_path):
+    jobs, _ = dry_run(tmp_path, config=NO_EMBEDDED)
+    assert n_cells(CONFIG) == 30
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(CONFIG.read_text()), digits_reference=True) == 178
+    assert jobs["train_router"] == 7 and jobs["sample"] == 30 and jobs["table"] == 7
+
+
+def test_paper_dry_run_plans_the_full_grid(tmp_path):
+    jobs, outputs = dry_run(tmp_path, configfiles=(PAPER,), config=["check_files=false"])
+    assert n_cells(PAPER) == 73
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(PAPER.read_text()), digits_reference=False) == 432
+    assert jobs["train_router"] == 15 and jobs["table"] == 9  # Tables 1-6, 8, 9 and the Fig. 4 data
+    assert "results/paper/tables/table2.csv" in outputs and "results/paper/tables/table3.csv" in outputs
+
+
+def test_paper_missing_files_listed_before_any_job(tmp_path):
+    r = smk(tmp_path, "-n", "--cores", "1", configfiles=(PAPER,))
+    assert r.returncode != 0
+    err = r.stdout + r.stderr
+    assert "15 input file(s) missing; nothing was run" in err
+    for name in ("DiT-XL-2-256x256.pt", "sd-vae-ft-ema", "VIRTUAL_imagenet256_labeled.npz", "VIRTUAL_imagenet512.npz",
+                 "imagenet256_uvit_huge.pth", "DDIM20_router.pt", "dpm50_router.pth", "imagenet256-latents.npz"):
+        assert name in err
+    assert "https://dl.fbaipublicfiles.com/DiT/models/DiT-XL-2-512x512.pt" in err
+    assert "Job stats" not in err
+
+
+def test_paper_dry_run_with_dummy_files(tmp_path):
+    """The files only have to exist for planning: point every external path at a dummy in tmp."""
+    cfg = yaml.safe_load(PAPER.read_text())
+    for name, m in cfg["models"].items():
+        for key in ("checkpoint", "vae", "reference"):
+            (tmp_path / f"{name}-{key}").touch()
+            m[key] = str(tmp_path / f"{name}-{key}")
+        (tmp_path / f"{name}-data.npz").touch()
+        m["data"] = f"latents:{tmp_path / f'{name}-data.npz'}"
+        for s in m["nfe"].values():
+            if s.get("official_router"):
+                s["official_router"] = str(tmp_path / Path(s["official_router"]).name)
+                Path(s["official_router"]).touch()
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(cfg))
+    jobs, _ = dry_run(tmp_path, configfiles=(tmp_path / "paper.yaml",))
+    assert sum(jobs.values()) == 432
+
+
+def test_overlay_adds_a_model_row(tmp_path):
+    """Adding a model row is config only (config/examples/new-row.yaml, the README's worked example):
+    the dry run plans exactly that row's cells, its pretraining, router, profile and figures."""
+    overlay = REPO / "config" / "examples" / "new-row.yaml"
+    base_jobs, base_out = dry_run(tmp_path, config=NO_EMBEDDED)
+    jobs, out = dry_run(tmp_path, configfiles=(CONFIG, overlay), config=NO_EMBEDDED)
+    new = set(out) - set(base_out)
+    assert sorted(o for o in new if "/cells/" in o) == sorted(
+        f"results/dit-s-digits/nfe16/cells/{m}.json" for m in ("full", "l2c-lam0.0001-th0.1", "fewer-lam0.0001"))
+    assert all("dit-s-digits" in o for o in new)
+    # 3 cells x 5 stages + pretrain + router + profile + 4 figures (Fig. 3, 4, 5, 7); tables and collect re-run
+    assert sum(jobs.values()) - sum(base_jobs.values()) == 22
+    assert jobs["pretrain"] == 1
+
+
+def test_sample_jobs_fan_out(tmp_path):
+    jobs, _ = dry_run(tmp_path, config=NO_EMBEDDED + ["sample_jobs=3"])
+    assert jobs["sample_part"] == 3 * 30 and jobs["sample"] == 30
+
+
+@pytest.mark.parametrize("overlay, named", [
+    ({"sampling": {"num_sample": 10}}, "num_sample"),
+    ({"resutls": "out"}, "resutls"),
+    ({"models": {"dit-digits": {"nfe": {20: {"lambda_s": [1.0e-4]}}}}}, "lambda_s"),
+    ({"models": {"dit-digits": {"cfg": 1.5}}}, "cfg"),
+])
+def test_typo_key_fails_naming_it(tmp_path, overlay, named):
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(overlay))
+    r = smk(tmp_path, "-n", "--cores", "1", configfiles=(CONFIG, tmp_path / "typo.yaml"), config=NO_EMBEDDED)
+    assert r.returncode != 0
+    assert f"'{named}' was unexpected" in r.stdout + r.stderr
+
+
+def test_unknown_model_fails_naming_it(tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"models": {"big": {
+        "model": "DiT-XXL/2", "checkpoint": str(EMBEDDED), "nfe": {20: {"lambdas": [1.0e-4]}}}}}))
+    r = smk(tmp_path, "-n", "--cores", "1", configfiles=(CONFIG, tmp_path / "bad.yaml"), config=NO_EMBEDDED)
+    assert r.returncode != 0
+    assert "'DiT-XXL/2' is not one of" in r.stdout + r.stderr
+
+
+def test_cross_reference_errors_name_the_key(tmp_path):
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"models": {"dit-digits": {"nfe": {20: {"lambda": 0.5}}}}}))
+    r = smk(tmp_path, "-n", "--cores", "1", configfiles=(CONFIG, tmp_path / "bad.yaml"), config=NO_EMBEDDED)
+    assert r.returncode != 0
+    assert "models.dit-digits.nfe.20: lambda 0.5 (in lambda) is not among lambdas" in r.stdout + r.stderr
+
+
+def test_schema_knows_every_registered_model():
+    from l2c.models import model_names
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert set(schema["$defs"]["modelname"]["enum"]) - {None} == set(model_names())
+
+
+def test_lint_is_clean(tmp_path):
+    r = subprocess.run(["snakemake", "--lint", *(["--config", *NO_EMBEDDED] if NO_EMBEDDED else [])], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# -- the smoke run ---------------------------------------------------------------------------------------------
+
+def test_smoke_end_to_end(tmp_path):
+    """Real pretraining, router training, sampling, evaluation, latency, tables, figures and report;
+    a re-run plans nothing; deleting one cell's result re-plans only what depends on it."""
+    r = smk(tmp_path, "--cores", "2", configfiles=(SMOKE,), timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    res = tmp_path / "results"
+    planned = cells.plan(cells.resolve(yaml.safe_load(SMOKE.read_text())))
+    df = pd.read_csv(res / "cells.csv")
+    assert len(df) == len(planned) == 10
+    for col in ("fid", "is", "sfid", "precision", "recall", "latency_s", "speedup", "macs_total", "remove_ratio"):
+        assert df[col].notna().all(), col
+    assert (df.loc[df["family"] != "full", "paired_with"].notna()).all()
+    assert (df.loc[df["family"] == "l2c", "router_train_s"] > 0).all()
+    assert df["backend"].eq("digits").all()
+    fewer = df[df["family"] == "fewer"].iloc[0]
+    assert fewer["nfe_sampled"] <= fewer["nfe"]
+
+    expected = tables_for([c.to_dict() | {"sampler": "ddim"} for c in planned])
+    assert expected == ["table1", "table4", "table5", "table6", "table8", "fig4"]
+    for name in expected:
+        t = pd.read_csv(res / "tables" / f"{name}.csv")
+        assert list(t.columns) == TABLE_COLUMNS[name], name
+        assert len(t) > 0 and t["backend"].str.startswith("digits").all(), name
+        assert "Metric backend: digits" in (res / "tables" / f"{name}.md").read_text()
+        tex = (res / "tables" / f"{name}.tex").read_text()
+        assert r"\toprule" in tex and r"\bottomrule" in tex
+
+    from PIL import Image
+    figs = sorted((res / "figures").glob("*.png"))
+    assert [f.name.split("-")[0] for f in figs] == ["fig3", "fig4", "fig5", "fig6", "fig7"]
+    for png in figs:
+        meta = json.loads(png.with_suffix(".json").read_text())
+        assert {"versions", "analysis_git_revision", "seeds", "environment"} <= set(meta)
+        assert json.loads(Image.open(png).text["l2c"])["title"] == meta["title"]
+        assert png.with_suffix(".pdf").stat().st_size > 0
+
+    report = smk(tmp_path, "--report", "report.html", configfiles=(SMOKE,))
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    assert "Table 1 analogue" in html and "Fig. 4 analogue" in html
+
+    jobs, _ = dry_run(tmp_path, configfiles=(SMOKE,))
+    assert not jobs, f"re-run after success plans {jobs}"
+
+    (res / "smoke" / "nfe4" / "cells" / "bottom-lam0.01.json").unlink()
+    jobs, outputs = dry_run(tmp_path, configfiles=(SMOKE,))
+    assert jobs["cell"] == 1 and jobs["collect"] == 1
+    assert set(jobs) == {"cell", "collect", "table", "fig4_matched", "fig6_theta", "all"}
+
+
+# -- tables without a run (pure pandas) ------------------------------------------------------------------
+
+def test_tables_put_paper_values_beside_paper_cells():
+    """Synthetic rows for every cell of config/paper.yaml: every table renders with its columns, and
+    the published numbers land on the matching cells (main lambdas, official routers, U-ViT tables)."""
+    from analysis import tables as T
+    cfg = cells.resolve(yaml.safe_load(PAPER.read_text()))
+    rows = []
+    for c in cells.plan(cfg):
+        m = cfg["models"][c.model]
+        rows.append(c.to_dict() | dict(
+            model_label=m["label"], paper_model=m["paper"], sampler=m["sampler"], nfe_sampled=c.nfe, cache_sublayers=560,
+            num_reused=100, remove_ratio=0.4, remove_ratio_attn=0.4, remove_ratio_mlp=0.4, macs_total=1e12, speedup_macs=1.2,
+            latency_s=1.0, speedup=1.2, backend="inception-adm", feature_extractor="x", fid=3.0, sfid=4.0, precision=0.8,
+            recall=0.5, psnr_db=None if c.family == "full" else 30.0, mse=1e-3, router_steps=1, router_train_s=1.0,
+            **{"is": 200.0}))
+    df = pd.DataFrame(rows)
+    paper = T.read_paper()
+    got = {n: T.TABLES[n](df, paper) for n in T.tables_for([c | {"sampler": c["sampler"]} for c in rows])}
+    assert list(got) == ["table1", "table2", "table3", "table4", "table5", "table6", "table8", "table9", "fig4"]
+    for name, t in got.items():
+        assert list(t.columns) == TABLE_COLUMNS[name] and len(t), name
+    t1 = got["table1"].set_index(["model", "method", "NFE", "lambda"], drop=False)
+    assert t1.loc[("DiT-XL/2 256", "L2C", 20, 5e-6), "paper FID"] == 3.46
+    assert t1.loc[("DiT-XL/2 256", "DDIM (fewer steps)", 20, 5e-6), "paper NFE"] == 16
+    assert t1.loc[("DiT-XL/2 256", "L2C", 20, 1e-5), "paper FID"] != t1.loc[("DiT-XL/2 256", "L2C", 20, 1e-5), "paper FID"]  # NaN
+    assert (got["table9"]["paper removed"].tolist() == [0, 129, 176, 248, 300, 404, 460])
+    assert got["table6"]["paper FID"].tolist() == [2.57, 2.80, 5.30]
+    assert got["table3"]["paper FID"].notna().all() and got["table2"]["paper FID"].notna().all()
