@@ -91,6 +91,12 @@ def test_paper_dry_run_plans_the_full_grid(tmp_path):
     assert "results/paper/tables/table2.csv" in outputs and "results/paper/tables/table3.csv" in outputs
 
 
+def test_smoke_dry_run(tmp_path):
+    jobs, _ = dry_run(tmp_path, configfiles=(SMOKE,))
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(SMOKE.read_text()), digits_reference=True) == 68
+    assert jobs["pretrain"] == 1
+
+
 def test_paper_missing_files_listed_before_any_job(tmp_path):
     r = smk(tmp_path, "-n", "--cores", "1", configfiles=(PAPER,))
     assert r.returncode != 0
@@ -231,6 +237,14 @@ def test_smoke_end_to_end(tmp_path):
     jobs, outputs = dry_run(tmp_path, configfiles=(SMOKE,))
     assert jobs["cell"] == 1 and jobs["collect"] == 1
     assert set(jobs) == {"cell", "collect", "table", "fig4_matched", "fig6_theta", "all"}
+
+    # sampling fanned out over shard-range jobs + a merge gives the same bytes as one job
+    npz = tmp_path / "work" / "smoke" / "nfe4" / "samples" / "full.npz"
+    before = npz.read_bytes()
+    npz.unlink()
+    r = smk(tmp_path, "--cores", "2", str(npz.relative_to(tmp_path)), configfiles=(SMOKE,), config=["sample_jobs=2"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("rule sample_part:") == 2 and npz.read_bytes() == before
 
 
 # -- tables without a run (pure pandas) ------------------------------------------------------------------

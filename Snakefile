@@ -1,0 +1,45 @@
+"""l2c-suite: Learning-to-Cache (Ma et al., NeurIPS 2024) reproduced end to end.
+
+    snakemake --cores all                                   # the embedded default (config/config.yaml)
+    snakemake --cores all --configfile config/paper.yaml    # the paper's grid (bring the checkpoints)
+    snakemake --report report.html                          # tables and figures, captioned
+
+Stages per (model, NFE, method) cell: [pretrain] -> profile -> train router (per lambda) ->
+schedule -> sample -> evaluate -> latency -> cell JSON -> tables and figures. docs/workflow.md
+describes the config, the profiles and the budgets."""
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# --configfile replaces the default; list several files to overlay them in order.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/cells.smk"
+include: "workflow/rules/analysis.smk"
+
+
+localrules:
+    all,
+    reference_digits,
+    cell,
+    collect,
+    table,
+    fig3_redundancy,
+    fig4_matched,
+    fig5_router,
+    fig6_theta,
+    fig7_samples,
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

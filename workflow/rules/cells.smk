@@ -1,0 +1,129 @@
+# Per cell (model, NFE, method): schedule -> sample (sharded, resumable) -> evaluate (paired with
+# the uncached cell of the same NFE) -> latency (in-process harness) -> one JSON row.
+
+
+rule schedule:
+    input:
+        unpack(schedule_inputs),
+    output:
+        f"{R}/{{model}}/nfe{{nfe}}/schedules/{{method}}.json",
+    params:
+        cell=cell_dict,
+        model=model_spec,
+    log:
+        f"{W}/logs/schedule/{{model}}-nfe{{nfe}}-{{method}}.log",
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/schedule.py"
+
+
+rule sample_part:
+    input:
+        ckpt=checkpoint_of,
+        schedule=f"{R}/{{model}}/nfe{{nfe}}/schedules/{{method}}.json",
+    output:
+        temp(f"{W}/{{model}}/nfe{{nfe}}/samples/{{method}}.part{{part}}.done"),
+    params:
+        model=sample_spec,
+        parts=SAMPLE_JOBS,
+        device=DEVICE,
+        dtype=CFG["dtype"],
+    log:
+        f"{W}/logs/sample/{{model}}-nfe{{nfe}}-{{method}}.part{{part}}.log",
+    benchmark:
+        f"{W}/benchmarks/sample/{{model}}-nfe{{nfe}}-{{method}}.part{{part}}.tsv"
+    threads: THREADS
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    script:
+        "../scripts/sample.py"
+
+
+rule sample:
+    input:
+        unpack(sample_inputs),
+    output:
+        npz=f"{W}/{{model}}/nfe{{nfe}}/samples/{{method}}.npz",
+        meta=f"{W}/{{model}}/nfe{{nfe}}/samples/{{method}}.json",
+    params:
+        model=sample_spec,
+        device=DEVICE,
+        dtype=CFG["dtype"],
+    log:
+        f"{W}/logs/sample/{{model}}-nfe{{nfe}}-{{method}}.log",
+    benchmark:
+        f"{W}/benchmarks/sample/{{model}}-nfe{{nfe}}-{{method}}.tsv"
+    threads: THREADS
+    resources:
+        gpu=GPU if SAMPLE_JOBS == 1 else 0,
+    conda:
+        ENV
+    script:
+        "../scripts/sample.py"
+
+
+rule evaluate:
+    input:
+        unpack(eval_inputs),
+    output:
+        f"{R}/{{model}}/nfe{{nfe}}/eval/{{method}}.json",
+    params:
+        backend=backend_of,
+        paired=paired_arg,
+        device=device_arg,
+    log:
+        f"{W}/logs/evaluate/{{model}}-nfe{{nfe}}-{{method}}.log",
+    benchmark:
+        f"{W}/benchmarks/evaluate/{{model}}-nfe{{nfe}}-{{method}}.tsv"
+    threads: THREADS
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    shell:
+        "OMP_NUM_THREADS={threads} l2c evaluate {input.samples} --ref {input.ref} --backend {params.backend} "
+        "{params.paired} {params.device} --out {output} > {log} 2>&1"
+
+
+rule latency:
+    input:
+        ckpt=checkpoint_of,
+        schedule=f"{R}/{{model}}/nfe{{nfe}}/schedules/{{method}}.json",
+    output:
+        f"{R}/{{model}}/nfe{{nfe}}/latency/{{method}}.json",
+    params:
+        model=latency_spec,
+        device=DEVICE,
+        dtype=latency_dtype,
+        torch_threads=THREADS,
+    log:
+        f"{W}/logs/latency/{{model}}-nfe{{nfe}}-{{method}}.log",
+    benchmark:
+        f"{W}/benchmarks/latency/{{model}}-nfe{{nfe}}-{{method}}.tsv"
+    threads: LATENCY_CORES
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    script:
+        "../scripts/latency.py"
+
+
+rule cell:
+    input:
+        unpack(cell_inputs),
+    output:
+        f"{R}/{{model}}/nfe{{nfe}}/cells/{{method}}.json",
+    params:
+        cell=cell_dict,
+        model=record_spec,
+    log:
+        f"{W}/logs/cell/{{model}}-nfe{{nfe}}-{{method}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/cell.py"

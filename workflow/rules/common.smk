@@ -1,0 +1,276 @@
+# Config validation, the planned cells, path helpers and input functions.
+# All grid logic lives in l2c/cells.py (plain Python, no torch at parse time); this file only
+# turns it into Snakemake inputs and params.
+import os
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from l2c import cells
+from analysis import tables as atables
+
+validate(config, "../schemas/config.schema.yaml", set_default=False)
+try:
+    CFG = cells.resolve(config)
+    CELLS = cells.plan(CFG)
+except cells.ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}") from None
+
+MISSING = cells.missing_files(CFG)
+CHECK_FILES = CFG["check_files"]
+if MISSING and CHECK_FILES:
+    raise WorkflowError(cells.missing_message(MISSING))
+
+# a --use-conda environment installs this checkout (workflow/envs/l2c.post-deploy.sh)
+os.environ.setdefault("L2C_REPO", str(Path(workflow.basedir)))
+
+R = CFG["results"]  # data, tables, figures
+W = CFG["work"]  # samples, routers, checkpoints, logs, benchmarks
+ENV = "../envs/l2c.yaml"
+THREADS = CFG["threads"]
+DEVICE = CFG["device"]
+GPU = 0 if DEVICE == "cpu" else 1  # resources: gpu=GPU (the default profile limits gpu=1)
+SAMPLE_JOBS = CFG["sample_jobs"]
+
+
+def total_cores():
+    try:
+        return workflow.cores
+    except WorkflowError:  # --report and dry runs without --cores
+        return 1
+
+
+# timing hygiene on CPU: a latency job reserves every core so nothing runs beside it (torch still
+# uses THREADS); on a GPU the gpu=1 limit already keeps it alone on the device
+LATENCY_CORES = max(total_cores(), THREADS) if GPU == 0 else THREADS
+PAPER_RESULTS = atables.PAPER_RESULTS  # published numbers (analysis/paper_results.csv)
+
+CELL = {(c.model, c.nfe, c.method): c for c in CELLS}
+ROUTERS = {(m, n, cells.router_id(o, lam)): (o, lam) for m, n, o, lam in cells.routers(CFG)}
+NFES = [(c.model, c.nfe) for c in CELLS if c.family == "full"]
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    nfe=r"[0-9]+",
+    method=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    rid=r"(cache|drop)-lam[0-9.eE+-]+",
+    part=r"[0-9]+",
+    table=r"[a-z0-9-]+",
+
+
+# -- lookups --------------------------------------------------------------------------------------
+
+
+def cell_of(wildcards):
+    key = (wildcards.model, int(wildcards.nfe), wildcards.method)
+    if key not in CELL:
+        raise WorkflowError(f"no cell {'/'.join(map(str, key))} in this config")
+    return CELL[key]
+
+
+def row(wildcards):
+    return CFG["models"][wildcards.model]
+
+
+def external(path):
+    """An input the workflow cannot make: declared only when files are checked (dry runs may skip)."""
+    return [path] if CHECK_FILES else []
+
+
+def spec(wildcards, *keys):
+    """The part of a model row a stage depends on (params: editing other keys re-runs nothing)."""
+    m = row(wildcards)
+    base = ("checkpoint", "model", "model_kwargs", "sampler", "cfg_scale", "cfg_channels")
+    return {k: m[k] for k in base + keys}
+
+
+def model_spec(wildcards):
+    return spec(wildcards)
+
+
+def pretrain_spec(wildcards):
+    return row(wildcards)["pretrain"]
+
+
+def router_spec(wildcards):
+    return spec(wildcards, "data")
+
+
+def sample_spec(wildcards):
+    return spec(wildcards, "vae", "sampling")
+
+
+def latency_spec(wildcards):
+    return spec(wildcards, "latency")
+
+
+def record_spec(wildcards):
+    return spec(wildcards, "label", "paper", "sampling")
+
+
+def cell_dir(c):
+    return f"{c.model}/nfe{c.nfe}"
+
+
+# -- input functions ------------------------------------------------------------------------------
+
+
+def checkpoint_of(wildcards):
+    m = row(wildcards)
+    return [m["checkpoint"]] if m["pretrain"] else external(m["checkpoint"])
+
+
+def reference_of(wildcards):
+    m = row(wildcards)
+    return m["reference"] if cells.is_digits_reference(CFG, m) else external(m["reference"])
+
+
+def router_data(wildcards):
+    kind, _, arg = row(wildcards)["data"].partition(":")
+    return external(arg) if kind in ("latents", "folder") else []
+
+
+def router_file(c):
+    if c.router == "official":
+        return external(CFG["models"][c.model]["nfe"][c.nfe]["official_router"])
+    return [f"{W}/{cell_dir(c)}/routers/{c.router}/router.pt"]
+
+
+def schedule_inputs(wildcards):
+    c = cell_of(wildcards)
+    inputs = {"ckpt": checkpoint_of(wildcards)}
+    if c.router:
+        inputs["router"] = router_file(c)
+    if c.match:
+        inputs["match"] = f"{R}/{cell_dir(c)}/schedules/{c.match}.json"
+    if c.family == "metrics":
+        inputs["profile"] = f"{R}/{cell_dir(c)}/profile.csv"
+    return inputs
+
+
+def sample_inputs(wildcards):
+    inputs = {"ckpt": checkpoint_of(wildcards), "schedule": f"{R}/{wildcards.model}/nfe{wildcards.nfe}/schedules/{wildcards.method}.json"}
+    vae = row(wildcards)["vae"]
+    if vae:
+        inputs["vae"] = external(vae)
+    if SAMPLE_JOBS > 1:
+        inputs["parts"] = [f"{W}/{wildcards.model}/nfe{wildcards.nfe}/samples/{wildcards.method}.part{p}.done" for p in range(SAMPLE_JOBS)]
+    return inputs
+
+
+def eval_inputs(wildcards):
+    d = f"{W}/{wildcards.model}/nfe{wildcards.nfe}/samples"
+    inputs = {"samples": f"{d}/{wildcards.method}.npz", "ref": reference_of(wildcards)}
+    if wildcards.method != "full":
+        inputs["full"] = f"{d}/full.npz"
+    return inputs
+
+
+def paired_arg(wildcards, input):
+    return f"--paired-with {input.full}" if "full" in input.keys() else ""
+
+
+def device_arg(wildcards):
+    return "" if DEVICE == "cpu" else f"--device {DEVICE}"
+
+
+def cell_inputs(wildcards):
+    c = cell_of(wildcards)
+    d = f"{R}/{cell_dir(c)}"
+    inputs = {"schedule": f"{d}/schedules/{c.method}.json", "eval": f"{d}/eval/{c.method}.json",
+              "latency": f"{d}/latency/{c.method}.json"}
+    if c.router and c.router != "official":
+        inputs["router"] = f"{d}/routers/{c.router}.json"
+    return inputs
+
+
+def router_params(wildcards):
+    objective, lam = ROUTERS[(wildcards.model, int(wildcards.nfe), wildcards.rid)]
+    opts = dict(CFG["models"][wildcards.model]["nfe"][int(wildcards.nfe)]["router"])
+    return {"objective": objective, "lam": lam, "opts": opts}
+
+
+def main_router(model, nfe):
+    s = CFG["models"][model]["nfe"][nfe]
+    return cells.router_id("cache", s["lambda"]) if s["lambda"] is not None else None
+
+
+def grid_cells(wildcards):
+    """Fig. 7 rows: per family in figures.grid_methods, the main-lambda cell (first seed)."""
+    model, nfe = wildcards.model, int(wildcards.nfe)
+    s = CFG["models"][model]["nfe"][nfe]
+    out = []
+    for fam in CFG["figures"]["grid_methods"]:
+        cands = [c for c in CELLS if c.model == model and c.nfe == nfe and c.family == fam and not c.sweep
+                 and c.lam in (None, s["lambda"]) and c.seed in (None, CFG["random_seeds"][0])]
+        out += cands[:1]
+    return out
+
+
+def grid_methods(wildcards):
+    return [c.method for c in grid_cells(wildcards)]
+
+
+def grid_families(wildcards):
+    return [c.family for c in grid_cells(wildcards)]
+
+
+def grid_samples(wildcards):
+    d = f"{W}/{wildcards.model}/nfe{wildcards.nfe}/samples"
+    return [f"{d}/{m}.npz" for m in grid_methods(wildcards)]
+
+
+def sampler_of(wildcards):
+    return row(wildcards)["sampler"]
+
+
+# -- targets --------------------------------------------------------------------------------------
+
+CELL_JSONS = [f"{R}/{cell_dir(c)}/cells/{c.method}.json" for c in CELLS]
+TABLES = atables.tables_for([c.to_dict() | {"sampler": CFG["models"][c.model]["sampler"]} for c in CELLS])
+
+
+def figure_targets():
+    figs = []
+    for model, nfe in NFES:
+        s = CFG["models"][model]["nfe"][nfe]
+        stem = f"{model}-nfe{nfe}"
+        figs += [f"fig3-redundancy-{stem}", f"fig7-samples-{stem}"]
+        if s["heuristics"] or s["fewer_lambdas"]:
+            figs.append(f"fig4-matched-{stem}")
+        if s["lambda"] is not None:
+            figs.append(f"fig5-router-{stem}-{main_router(model, nfe)}")
+        if len(set(s["thetas"]) | {s["theta"]}) > 1 and s["lambda"] is not None:
+            figs.append(f"fig6-theta-{stem}")
+    return [f"{R}/figures/{f}.{ext}" for f in figs for ext in ("png", "pdf", "json")]
+
+
+def all_targets():
+    tables = [f"{R}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "tex")]
+    return CELL_JSONS + [f"{R}/cells.csv"] + tables + figure_targets()
+
+
+def cell_dict(wildcards):
+    return cell_of(wildcards).to_dict()
+
+
+def backend_of(wildcards):
+    return row(wildcards)["backend"]
+
+
+def latency_dtype(wildcards):
+    return CFG["dtype"]
+
+
+def model_label(wildcards):
+    return row(wildcards)["label"]
+
+
+def main_theta(wildcards):
+    return row(wildcards)["nfe"][int(wildcards.nfe)]["theta"]
+
+
+def main_lambda(wildcards):
+    return row(wildcards)["nfe"][int(wildcards.nfe)]["lambda"]

@@ -1,0 +1,13 @@
+"""Rule latency: in-process timing of the cell vs the uncached sampler (l2c.bench harness)."""
+from _log import to_log
+
+to_log(snakemake)  # noqa: F821
+from l2c.cells import measure_latency  # noqa: E402
+from l2c.io import write_json  # noqa: E402
+
+sm = snakemake  # noqa: F821
+lat = sm.params.model["latency"]
+res = measure_latency(sm.params.model, sm.input.schedule, int(sm.wildcards.nfe), device=sm.params.device,
+                      dtype=sm.params.dtype, batch=lat["batch"], repeats=lat["repeats"], warmup=lat["warmup"],
+                      seed=lat["seed"], threads=sm.params.torch_threads)
+write_json(sm.output[0], res)

@@ -1,0 +1,12 @@
+"""Rule train_router: one Learning-to-Cache (or learning-to-drop) router (l2c train-router, resumable)."""
+from pathlib import Path
+
+from _log import to_log
+
+to_log(snakemake)  # noqa: F821
+from l2c.cells import train_router_cell  # noqa: E402
+
+sm = snakemake  # noqa: F821
+r = sm.params.router
+train_router_cell(sm.params.model, int(sm.wildcards.nfe), r["objective"], r["lam"], r["opts"],
+                  Path(sm.output.router).parent, sm.output.record, threads=sm.threads)
