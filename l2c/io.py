@@ -126,3 +126,21 @@ def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
                 info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
                 with zf.open(info, "w", force_zip64=True) as f:
                     np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+OPERATIONAL_KEYS = frozenset({"threads", "ckpt_every", "log_every"})  # may change between resumptions
+
+
+def check_resume(saved: dict, current: dict, path: Path, what: str) -> None:
+    """Refuse to resume a run whose saved config differs from ``current`` in a key that matters."""
+    diff = sorted(k for k in set(saved) | set(current) if k not in OPERATIONAL_KEYS and saved.get(k) != current.get(k))
+    if diff:
+        raise L2CError(f"{what} {path} was made with a different config (differs in {diff}); "
+                       "delete it to start afresh or resume with the same config")
+
+
+def truncate_jsonl_log(path: Path, step: int) -> None:
+    """Drop the lines of a JSON-lines log written after ``step`` (the checkpoint a run resumes from)."""
+    if path.exists():
+        kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in kept))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .data import load_dataset
 from .diffusion import Diffusion
-from .io import L2CError, environment_record, load_torch, save_torch, write_json
+from .io import L2CError, check_resume, environment_record, load_torch, save_torch, truncate_jsonl_log, write_json
 from .models import create_model
 
 log = logging.getLogger("l2c.pretrain")
@@ -63,7 +63,9 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: bool = True) ->
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_dataset(cfg.data)
-    model = create_model(cfg.model, **cfg.model_kwargs)
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only
+        torch.manual_seed(cfg.seed)
+        model = create_model(cfg.model, **cfg.model_kwargs)
     if getattr(model, "num_classes", None) is not None and data.num_classes > model.num_classes:
         raise L2CError(f"data {cfg.data} has {data.num_classes} classes but the model was built for {model.num_classes}")
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -78,20 +80,14 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: bool = True) ->
         ck = load_torch(ckpt_path, "pretraining checkpoint")
         if not isinstance(ck, dict) or ck.get("format") != "l2c-suite/pretrain-state":
             raise L2CError(f"pretraining checkpoint {ckpt_path}: not a pretraining state; delete it to start afresh")
-        operational = {"threads", "ckpt_every", "log_every"}  # may change between resumptions
-        if {k: v for k, v in ck["config"].items() if k not in operational} != {k: v for k, v in asdict(cfg).items() if k not in operational}:
-            raise L2CError(f"pretraining checkpoint {ckpt_path} was made with a different config; "
-                           "delete the folder or use the same config to resume")
+        check_resume(ck["config"], asdict(cfg), ckpt_path, "pretraining checkpoint")
         model.load_state_dict(ck["model"])
         ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["rng"])
         step, elapsed = ck["step"], ck["elapsed"]
         log.info("resumed from %s at step %d", ckpt_path, step)
-        log_path = out / "train_log.jsonl"
-        if log_path.exists():  # drop log lines written after the checkpoint we resume from
-            kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-            log_path.write_text("".join(ln + "\n" for ln in kept))
+        truncate_jsonl_log(out / "train_log.jsonl", step)
 
     def save_state() -> None:
         save_torch({"format": "l2c-suite/pretrain-state", "config": asdict(cfg), "model": model.state_dict(),

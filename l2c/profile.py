@@ -29,7 +29,6 @@ def profile_redundancy(model: nn.Module, noise: torch.Tensor, labels: torch.Tens
     cur: dict[tuple, torch.Tensor] = {}
     prev: dict[tuple, torch.Tensor] = {}
     rows: list[dict] = []
-    calls = {"n": 0}  # evaluations seen (several streams of one step share a key suffix)
     hooks = []
     for b, blk in enumerate(blocks):
         for s, name in enumerate(BRANCHES):

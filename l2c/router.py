@@ -13,7 +13,6 @@ of the logits to [-c, c] after every step (DiT: 5) and optional straight-through
 branch is (1-r)*fresh, i.e. a skipped branch contributes nothing instead of its cached value."""
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -22,14 +21,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from .cache import CacheEngine, CacheSchedule, default_cache_steps
 from .data import load_dataset
 from .diffusion import Diffusion
-from .io import L2CError, environment_record, load_torch, save_torch, write_json
+from .io import L2CError, check_resume, environment_record, load_torch, save_torch, truncate_jsonl_log, write_json
 from .models import load_model, num_sublayers
 
 log = logging.getLogger("l2c.router")
@@ -105,19 +103,13 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         ck = load_torch(ckpt, "router checkpoint")
-        operational = {"threads", "ckpt_every", "log_every"}
-        same = {k: v for k, v in ck.get("config", {}).items() if k not in operational} == {k: v for k, v in asdict(cfg).items() if k not in operational}
-        if not same:
-            raise L2CError(f"router checkpoint {ckpt} was made with a different config; delete it or resume with the same config")
+        check_resume(ck.get("config", {}), asdict(cfg), ckpt, "router checkpoint")
         with torch.no_grad():
             beta.copy_(ck["beta"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["rng"])
         step, elapsed = ck["step"], ck["elapsed"]
-        log_path = out / "train_log.jsonl"
-        if log_path.exists():
-            kept = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-            log_path.write_text("".join(ln + "\n" for ln in kept))
+        truncate_jsonl_log(out / "train_log.jsonl", step)
 
     engine = CacheEngine(model)
     steps_t = torch.tensor(cache_steps)
