@@ -353,7 +353,7 @@ def train_router_cell(m: dict, nfe: int, objective: str, lam: float, opts: dict,
     (step, sub-layer) in sampling order, the training wall time and the last log line (Table 8, Fig. 5)."""
     import torch
 
-    from .io import environment_record, read_json, write_json
+    from .io import read_json, write_json
     from .router import RouterConfig, load_router, train_router
     cfg = RouterConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], data=m["data"],
                        sampler=m["sampler"], nfe=nfe, lam=lam, objective=objective, threads=threads, **opts)

@@ -40,6 +40,8 @@ def sample(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *, sampl
            cfg_scale: float = 1.0, schedule: Optional[CacheSchedule] = None, cfg_channels: int | None = None,
            callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None) -> torch.Tensor:
     """Generate from ``noise`` (N, C, H, W) for ``labels`` (N,) with ``nfe`` model evaluations."""
+    if sampler not in SAMPLERS:
+        raise L2CError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
     if noise.shape[0] != labels.shape[0]:
         raise L2CError(f"noise has {noise.shape[0]} samples but labels has {labels.shape[0]}")
     if schedule is not None:
@@ -52,7 +54,5 @@ def sample(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *, sampl
         if sampler == "ddim":
             fn = guided_model_fn(model, engine, labels, cfg_scale, cfg_channels)
             return ddim_sample(fn, noise, Diffusion.create(nfe), callback)
-        if sampler == "dpm2":
-            from .dpm_solver import dpm2_sample  # noqa: PLC0415 (optional sampler module)
-            return dpm2_sample(model, engine, noise, labels, nfe=nfe, cfg_scale=cfg_scale, callback=callback)
-    raise L2CError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
+        from .dpm_solver import dpm2_sample  # noqa: PLC0415
+        return dpm2_sample(model, engine, noise, labels, nfe=nfe, cfg_scale=cfg_scale, callback=callback)

@@ -187,3 +187,23 @@ def test_trajectory_objective_free_cache_steps(tiny_ckpt, tmp_path):
     noise, labels = noise_and_labels(0, np.arange(2), (1, 8, 8), 10)
     assert torch.isfinite(sample(m, noise, labels, nfe=5, schedule=s1)).all()
     assert not (tmp_path / "t1" / "router_official.pt").exists()
+
+
+def test_cli_schedule_profile_bench(tiny_ckpt, tmp_path, capsys):
+    from l2c.cli import main
+    assert main(["profile", "--checkpoint", str(tiny_ckpt), "--nfe", "6", "--num-samples", "4", "--out", str(tmp_path / "p.csv")]) == 0
+    assert main(["schedule", "--kind", "bottom", "--budget", "5", "--nfe", "6", "--depth", "4", "--out", str(tmp_path / "b.json")]) == 0
+    assert main(["schedule", "--kind", "metrics", "--match", str(tmp_path / "b.json"), "--profile", str(tmp_path / "p.csv"),
+                 "--nfe", "6", "--depth", "4", "--out", str(tmp_path / "m.json")]) == 0
+    assert CacheSchedule.load(tmp_path / "m.json").num_reused == 5
+    assert main(["bench", "--checkpoint", str(tiny_ckpt), "--nfe", "6", "--schedule", str(tmp_path / "m.json"),
+                 "--batch", "2", "--repeats", "1", "--json", str(tmp_path / "bench.json")]) == 0
+    res = json.loads((tmp_path / "bench.json").read_text())
+    assert res["speedup_macs_ideal"] > 1 and res["latency_full_s"] > 0 and "efficiency" in res
+    assert "measured / ideal" in capsys.readouterr().out
+    assert main(["schedule", "--kind", "metrics", "--budget", "3", "--nfe", "6", "--depth", "4", "--out", str(tmp_path / "x.json")]) == 2
+    assert "needs a redundancy profile" in capsys.readouterr().err
+    m = load_model(tiny_ckpt)
+    noise, labels = noise_and_labels(0, np.arange(2), (1, 8, 8), 10)
+    with pytest.raises(L2CError, match="unknown sampler 'euler'"):
+        sample(m, noise, labels, sampler="euler", nfe=4)
