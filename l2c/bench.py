@@ -85,9 +85,8 @@ def run_bench(model: nn.Module, schedule: CacheSchedule, *, nfe: int, sampler: s
     }
 
 
-def bench_cli(a: argparse.Namespace) -> dict:
-    if a.threads:
-        torch.set_num_threads(a.threads)
+def _bench_model(a: argparse.Namespace) -> nn.Module:
+    """The model a bench command times: ``--checkpoint`` weights, or seeded random weights."""
     opts: dict[str, Any] = {"num_classes": a.num_classes}
     opts["input_size"] = a.image_size if a.pixel else a.image_size // 8
     if a.in_channels is not None:
@@ -99,6 +98,13 @@ def bench_cli(a: argparse.Namespace) -> dict:
         model = create_model(a.model or "DiT-Tiny/2", **opts)
         for p in model.parameters():  # random weights (DiT's zero-init would make the output trivial)
             nn.init.normal_(p, std=0.02)
+    return model
+
+
+def bench_cli(a: argparse.Namespace) -> dict:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model = _bench_model(a)
     depth = num_sublayers(model) // 2
     if a.schedule:
         schedule = CacheSchedule.load(a.schedule)
@@ -118,6 +124,53 @@ def bench_cli(a: argparse.Namespace) -> dict:
     print(f"{'full':10s}{res['latency_full_s']:14.4f}{1.0:10.3f}")
     print(f"{'cached':10s}{res['latency_cached_s']:14.4f}{res['speedup_measured']:10.3f}")
     print(f"MACs-ideal speedup {res['speedup_macs_ideal']:.3f}x | measured / ideal = {res['efficiency']:.3f}")
+    if a.json:
+        write_json(a.json, res)
+    return res
+
+
+ROUTER_PHASES = ("data", "cache_fill", "teacher", "student", "backward", "optimizer")
+
+
+def run_router_bench(model: nn.Module, *, nfe: int = 20, sampler: str = "ddim", batch: int = 8, iters: int = 20,
+                     warmup: int = 3, device: str = "cpu", lam: float = 1e-3, seed: int = 0) -> dict:
+    """Iterations/s of ``l2c train-router`` (the L2C objective) on ``model`` with random data of its
+    input shape, and the split of an iteration into its phases: data, cache fill (the no-grad full
+    step before the cache step), teacher (no-grad full forward), student (soft-router forward),
+    backward (to the router logits only) and optimizer. The first ``warmup`` iterations are dropped."""
+    import tempfile
+
+    from .router import RouterConfig, train_router
+    spec = f"random:{model.in_channels}x{model.input_size}x{model.input_size}:{model.num_classes}:{max(batch, 64)}"
+    cfg = RouterConfig(checkpoint="(random weights)", data=spec, sampler=sampler, nfe=nfe, lam=lam, steps=warmup + iters,
+                       batch_size=batch, seed=seed, ckpt_every=10 ** 9, log_every=10 ** 9, device=device)
+    timings: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        train_router(cfg, tmp, progress=False, model=model, timings=timings)
+    per_phase = {k: statistics.mean(v[warmup:]) for k, v in timings.items()}
+    per_it = sum(per_phase.values())
+    return {"nfe": nfe, "sampler": sampler, "batch": batch, "iters": iters, "warmup": warmup,
+            "s_per_it": per_it, "it_per_s": 1 / per_it, "s_per_1000_it": 1000 * per_it,
+            "phases_s": per_phase, "phases_share": {k: v / per_it for k, v in per_phase.items()},
+            "environment": environment_record(torch.device(device), "fp32")}
+
+
+def bench_router_cli(a: argparse.Namespace) -> dict:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model = _bench_model(a)
+    res = run_router_bench(model, nfe=a.nfe, sampler=a.sampler, batch=a.batch, iters=a.iters, warmup=a.warmup,
+                           device=a.device, lam=a.lam)
+    env = res["environment"]
+    print(f"router training, model {a.model or a.checkpoint} | {env['device_name']} ({env['device']}) | fp32 | "
+          f"torch {env['torch']} | threads {env['num_threads']} | rev {env['git_revision']}")
+    print(f"sampler {a.sampler} NFE {a.nfe}, batch {a.batch}, {a.iters} timed iterations after {a.warmup} warm-up")
+    print(f"{'phase':12s}{'ms / it':>12s}{'share':>9s}")
+    for k in ROUTER_PHASES:
+        if k in res["phases_s"]:
+            print(f"{k:12s}{1000 * res['phases_s'][k]:12.2f}{100 * res['phases_share'][k]:8.1f}%")
+    print(f"{'total':12s}{1000 * res['s_per_it']:12.2f}   -> {res['it_per_s']:.3f} it/s, "
+          f"{res['s_per_1000_it']:.1f} s per 1,000 iterations")
     if a.json:
         write_json(a.json, res)
     return res

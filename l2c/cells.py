@@ -348,7 +348,7 @@ def profile_cell(m: dict, nfe: int, out: str | os.PathLike, *, num_samples: int,
 
 
 def train_router_cell(m: dict, nfe: int, objective: str, lam: float, opts: dict, out_dir: str | os.PathLike,
-                      record_json: str | os.PathLike, threads: int | None = None) -> None:
+                      record_json: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> None:
     """Train one router (``l2c train-router``) and write its data record: sigmoid(beta) per
     (step, sub-layer) in sampling order, the training wall time and the last log line (Table 8, Fig. 5)."""
     import torch
@@ -356,7 +356,8 @@ def train_router_cell(m: dict, nfe: int, objective: str, lam: float, opts: dict,
     from .io import read_json, write_json
     from .router import RouterConfig, load_router, train_router
     cfg = RouterConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], data=m["data"],
-                       sampler=m["sampler"], nfe=nfe, lam=lam, objective=objective, threads=threads, **opts)
+                       sampler=m["sampler"], nfe=nfe, lam=lam, objective=objective, threads=threads,
+                       device=device, **opts)
     path = train_router(cfg, out_dir, progress=False)
     r = load_router(path)
     rec = read_json(Path(out_dir) / "record.json")

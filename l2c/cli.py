@@ -94,7 +94,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
 def cmd_train_router(a: argparse.Namespace) -> None:
     from .router import RouterConfig, train_router
     d = _read_yaml(a.config) if a.config else {}
-    for key in ("checkpoint", "data", "sampler", "nfe", "lam", "objective", "steps", "batch_size", "lr", "seed", "threads", "ste_threshold"):
+    for key in ("checkpoint", "data", "sampler", "nfe", "lam", "objective", "steps", "batch_size", "lr", "seed", "threads", "ste_threshold", "device"):
         if getattr(a, key, None) is not None:
             d[key] = getattr(a, key)
     if a.no_clamp:
@@ -192,6 +192,12 @@ def cmd_bench(a: argparse.Namespace) -> None:
     bench_cli(a)
 
 
+@command("bench-router")
+def cmd_bench_router(a: argparse.Namespace) -> None:
+    from .bench import bench_router_cli
+    bench_router_cli(a)
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 def _schedule_args(p: argparse.ArgumentParser) -> None:
@@ -264,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-clamp", action="store_true", help="do not clamp the logits to [-5, 5] (U-ViT recipe)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--device", help="cpu (default) or cuda[:N]")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("schedule", help="write a cache schedule: router at theta, heuristic or interval at a budget")
@@ -320,17 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("bench", help="latency of full vs cached sampling, with the MACs-ideal speedup beside it")
-    p.add_argument("--model", default=None, help="registered model name (default DiT-Tiny/2; official checkpoints need it)")
-    p.add_argument("--checkpoint", help="model weights (default: random weights; speed does not depend on them)")
-    p.add_argument("--image-size", type=int, default=8)
-    p.add_argument("--pixel", action="store_true")
-    p.add_argument("--in-channels", type=int, default=None)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm2"])
-    p.add_argument("--nfe", type=int, default=20)
+    _bench_model_args(p)
     _schedule_args(p)
     p.add_argument("--reuse-fraction", type=float, default=None,
-                   help="without a router/schedule: reuse this share of sub-layers (the most expensive first) in every cache step")
+                   help="without a router/schedule: reuse a seeded random share of the sub-layers in every cache step")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--repeats", type=int, default=5)
@@ -339,7 +339,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the result to this JSON file")
+
+    p = sub.add_parser("bench-router", help="router-training iterations/s with the teacher/student/cache-fill split")
+    _bench_model_args(p)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--iters", type=int, default=20, help="timed iterations")
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
+    p.add_argument("--lam", type=float, default=1e-3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", help="also write the result to this JSON file")
     return ap
+
+
+def _bench_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="registered model name (default DiT-Tiny/2; official checkpoints need it)")
+    p.add_argument("--checkpoint", help="model weights (default: random weights; speed does not depend on them)")
+    p.add_argument("--image-size", type=int, default=8, help="image size in pixels (latent size = /8 unless --pixel)")
+    p.add_argument("--pixel", action="store_true", help="the model works on pixels, not SD latents")
+    p.add_argument("--in-channels", type=int, default=None)
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm2"])
+    p.add_argument("--nfe", type=int, default=20)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
 """Data sets behind one interface: the embedded digits (scikit-learn's bundled 8x8 handwritten
-digits), ImageNet-style class folders, and pre-encoded latents.
+digits), ImageNet-style class folders, pre-encoded latents, and seeded random tensors (benchmarks).
 
 Spec strings: ``digits:train`` / ``digits:reference`` / ``digits:all``, ``folder:PATH`` (one
 sub-folder per class, sorted names = label order), ``latents:PATH.npz`` (``latents`` float array
-[N, C, H, W] and ``labels`` [N]). Images are float tensors in [-1, 1], NCHW."""
+[N, C, H, W] and ``labels`` [N]), ``random:CxHxW:CLASSES[:N]`` (N seeded standard-normal tensors with
+uniform labels: for benchmarks that need data of the right shape only). Images are float tensors in [-1, 1], NCHW."""
 from __future__ import annotations
 
 import os
@@ -144,7 +145,23 @@ def load_dataset(spec: str, image_size: int | None = None) -> TensorData | Image
             if "latents" not in f or "labels" not in f:
                 raise L2CError(f"latents file {path}: needs arrays 'latents' and 'labels', found {list(f.keys())}")
             return TensorData(torch.from_numpy(f["latents"]).float(), torch.from_numpy(f["labels"]).long(), spec)
-    raise L2CError(f"data spec {spec!r}: expected digits:SPLIT, folder:PATH or latents:PATH.npz")
+    if kind == "random":
+        return _random_data(spec, arg)
+    raise L2CError(f"data spec {spec!r}: expected digits:SPLIT, folder:PATH, latents:PATH.npz or random:CxHxW:CLASSES")
+
+
+def _random_data(spec: str, arg: str) -> TensorData:
+    parts = arg.split(":")
+    try:
+        shape = tuple(int(v) for v in parts[0].split("x"))
+        classes = int(parts[1])
+        n = int(parts[2]) if len(parts) > 2 else 256
+        if len(shape) != 3 or min(shape) < 1 or classes < 1 or n < 1 or len(parts) > 3:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise L2CError(f"data spec {spec!r}: expected random:CxHxW:CLASSES[:N], e.g. random:4x32x32:1000") from None
+    g = torch.Generator().manual_seed(0)
+    return TensorData(torch.randn(n, *shape, generator=g), torch.randint(classes, (n,), generator=g), spec)
 
 
 def digits_reference_npz(path: str | os.PathLike) -> None:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class RouterConfig:
     ckpt_every: int = 500
     log_every: int = 50
     threads: int | None = None
+    device: str = "cpu"  # cuda for the paper's models; the router, caches and batches live there
 
 
 def _reuse_weights(beta_row: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
@@ -67,9 +69,14 @@ def _reuse_weights(beta_row: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
     return 1 - s
 
 
-def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool = True) -> Path:
+def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool = True, *,
+                 model: torch.nn.Module | None = None, timings: dict[str, list[float]] | None = None) -> Path:
     """Train and write ``out_dir/router.pt`` (ours), ``router_official.pt`` (authors' layout),
-    ``train_log.jsonl`` and ``record.json``. Resumes from ``out_dir/checkpoint.pt``."""
+    ``train_log.jsonl`` and ``record.json``. Resumes from ``out_dir/checkpoint.pt``.
+
+    ``model`` replaces loading ``cfg.checkpoint`` (the router benchmark passes random weights);
+    ``timings`` collects per-iteration seconds of each phase (data, cache_fill, teacher, student,
+    backward, optimizer), with device syncs around each, for ``l2c bench-router``."""
     if cfg.sampler not in ("ddim", "dpm2"):
         raise L2CError(f"router training for sampler {cfg.sampler!r}: expected ddim or dpm2")
     if cfg.objective not in OBJECTIVES:
@@ -80,7 +87,10 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model = load_model(cfg.checkpoint, cfg.model, **cfg.model_kwargs)
+    dev = _device(cfg.device)
+    if model is None:
+        model = load_model(cfg.checkpoint, cfg.model, **cfg.model_kwargs)
+    model = model.to(dev).eval().requires_grad_(False)
     data = None if cfg.objective == "trajectory" else load_dataset(cfg.data)  # trajectory training is image-free
     n_sub = num_sublayers(model)
     depth = n_sub // 2
@@ -89,15 +99,15 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     if not cache_steps:
         raise L2CError(f"NFE {cfg.nfe} has no cache steps")
     diffusion = Diffusion.create(cfg.nfe)
-    coef = diffusion.ddim_coefficients("cpu")
-    ts = diffusion.model_timesteps()
+    coef = diffusion.ddim_coefficients(dev)
+    ts = diffusion.model_timesteps(dev)
     plan = None
     if cfg.sampler == "dpm2":
         from .dpm_solver import dpm2_plan, dpm_defaults
         d = dpm_defaults(model)
         plan = dpm2_plan(cfg.nfe, d["noise_schedule"], d["time_input"])
     gen = torch.Generator().manual_seed(cfg.seed)
-    beta = torch.randn(cfg.nfe, n_sub, generator=gen).requires_grad_(True)  # N(0, 1) init
+    beta = torch.randn(cfg.nfe, n_sub, generator=gen).to(dev).requires_grad_(True)  # N(0, 1) init
     opt = torch.optim.AdamW([beta], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
     step, elapsed = 0, 0.0
     ckpt = out / "checkpoint.pt"
@@ -122,11 +132,13 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
             if cfg.objective == "trajectory":
                 loss_v, mse_v = _trajectory_iteration(model, engine, beta, cfg, diffusion, coef, ts, gen)
             else:
-                loss_v, mse_v = _single_step_iteration(model, engine, beta, cfg, data, diffusion, coef, ts, gen, plan, steps_t)
-            opt.step()
-            if cfg.clamp is not None:
-                with torch.no_grad():
-                    beta.clamp_(-cfg.clamp, cfg.clamp)
+                loss_v, mse_v = _single_step_iteration(model, engine, beta, cfg, data, diffusion, coef, ts, gen, plan,
+                                                       steps_t, timings)
+            with _phase(timings, "optimizer", dev):
+                opt.step()
+                if cfg.clamp is not None:
+                    with torch.no_grad():
+                        beta.clamp_(-cfg.clamp, cfg.clamp)
             engine.cache.clear()
             step += 1
             acc["loss"] += loss_v
@@ -158,46 +170,78 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     if cfg.objective != "trajectory":  # the authors' layout has no place for free cache steps
         export_official(router, out / "router_official.pt")
     write_json(out / "record.json", {"config": asdict(cfg), "steps": step, "wall_time_s": elapsed,
-                                     "s_per_1000_it": 1000 * elapsed / max(step, 1), "environment": environment_record("cpu")})
+                                     "s_per_1000_it": 1000 * elapsed / max(step, 1), "environment": environment_record(dev)})
     return out / "router.pt"
+
+
+def _device(name: str) -> torch.device:
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise L2CError(f"router device {name!r}: CUDA is not available on this machine; use device: cpu")
+    return dev
+
+
+@contextmanager
+def _phase(timings: dict[str, list[float]] | None, name: str, dev: torch.device):
+    """Time one phase of an iteration into ``timings[name]`` (synchronising the device around it)."""
+    if timings is None:
+        yield
+        return
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    yield
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    timings.setdefault(name, []).append(time.perf_counter() - t0)
 
 
 def _drop_labels(y: torch.Tensor, null: int, p: float, gen: torch.Generator) -> torch.Tensor:
     return torch.where(torch.rand(y.shape[0], generator=gen) < p, torch.full_like(y, null), y)
 
 
-def _single_step_iteration(model, engine, beta, cfg, data, diffusion, coef, ts, gen, plan, steps_t) -> tuple[float, float]:
-    """One L2C / learning-to-drop iteration (see the module docstring); backpropagates, returns (loss, mse)."""
-    C, B = model.in_channels, cfg.batch_size
+def _single_step_iteration(model, engine, beta, cfg, data, diffusion, coef, ts, gen, plan, steps_t,
+                           timings=None) -> tuple[float, float]:
+    """One L2C / learning-to-drop iteration (see the module docstring); backpropagates, returns (loss, mse).
+    Random draws come from the CPU generator ``gen`` (the same run on any device), tensors live on
+    ``beta``'s device."""
+    C, B, dev = model.in_channels, cfg.batch_size, beta.device
     depth = beta.shape[1] // 2
-    m = int(steps_t[torch.randint(len(steps_t), (1,), generator=gen)])  # cache step (sampling order)
-    x0, y = data.batch(torch.randint(len(data), (B,), generator=gen))
-    y = _drop_labels(y, model.num_classes, cfg.label_dropout, gen)
-    noise = torch.randn(x0.shape, generator=gen)
+    with _phase(timings, "data", dev):
+        m = int(steps_t[torch.randint(len(steps_t), (1,), generator=gen)])  # cache step (sampling order)
+        x0, y = data.batch(torch.randint(len(data), (B,), generator=gen))
+        y = _drop_labels(y, model.num_classes, cfg.label_dropout, gen).to(dev)
+        x0 = x0.to(dev)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
     fill = "fill" if cfg.objective == "cache" else "off"
     with torch.no_grad():
-        if plan is None:  # DDIM: full step s = m-1 (respaced index i_s) -> cache step m
-            i_m, i_s = cfg.nfe - 1 - m, cfg.nfe - m
-            x_s = diffusion.q_sample(x0, torch.full((B,), i_s), noise)
-            eps = engine(model, x_s, ts[i_s].expand(B), y, step=m - 1, mode=fill)[:, :C]
-            x_m, _ = diffusion.ddim_step(x_s, eps, i_s, coef)
-            t_m = ts[i_m].expand(B)
-        else:  # DPM-Solver-2, shifted: outer step m/2-1 (its midpoint m-1 fills the cache) -> evaluation m
-            from .dpm_solver import dpm2_step
-            prev = plan.steps[m // 2 - 1]
-            x_s = prev.alpha_s * x0 + prev.sigma_s * noise
-            x_m, _ = dpm2_step(lambda x, t, k: engine(model, x, t, y, step=k, mode=fill if k == m - 1 else "off")[:, :C],
-                               x_s, plan, m // 2 - 1)
-            t_m = torch.full((B,), plan.steps[m // 2].model_t_s)
-        teacher = engine(model, x_m, t_m, y, step=m, mode="off")
-    r = _reuse_weights(beta[m], cfg).reshape(depth, 2)
-    student = engine(model, x_m, t_m, y, step=m, mode="mix" if cfg.objective == "cache" else "drop-mix", mix=r)
-    sq = (student - teacher).pow(2)
-    mse = sq.mean() if cfg.reduction == "mean" else sq.flatten(1).sum(1).mean()
-    loss = mse + cfg.lam * torch.sigmoid(beta[m]).sum()
-    loss.backward()
+        with _phase(timings, "cache_fill", dev):
+            if plan is None:  # DDIM: full step s = m-1 (respaced index i_s) -> cache step m
+                i_m, i_s = cfg.nfe - 1 - m, cfg.nfe - m
+                x_s = diffusion.q_sample(x0, torch.full((B,), i_s, device=dev), noise)
+                eps = engine(model, x_s, ts[i_s].expand(B), y, step=m - 1, mode=fill)[:, :C]
+                x_m, _ = diffusion.ddim_step(x_s, eps, i_s, coef)
+                t_m = ts[i_m].expand(B)
+            else:  # DPM-Solver-2, shifted: outer step m/2-1 (its midpoint m-1 fills the cache) -> evaluation m
+                from .dpm_solver import dpm2_step
+                prev = plan.steps[m // 2 - 1]
+                x_s = prev.alpha_s * x0 + prev.sigma_s * noise
+                x_m, _ = dpm2_step(lambda x, t, k: engine(model, x, t, y, step=k, mode=fill if k == m - 1 else "off")[:, :C],
+                                   x_s, plan, m // 2 - 1)
+                t_m = torch.full((B,), plan.steps[m // 2].model_t_s, device=dev)
+        with _phase(timings, "teacher", dev):
+            teacher = engine(model, x_m, t_m, y, step=m, mode="off")
+    with _phase(timings, "student", dev):
+        r = _reuse_weights(beta[m], cfg).reshape(depth, 2)
+        student = engine(model, x_m, t_m, y, step=m, mode="mix" if cfg.objective == "cache" else "drop-mix", mix=r)
+        sq = (student - teacher).pow(2)
+        mse = sq.mean() if cfg.reduction == "mean" else sq.flatten(1).sum(1).mean()
+        loss = mse + cfg.lam * torch.sigmoid(beta[m]).sum()
+    with _phase(timings, "backward", dev):
+        loss.backward()
+        loss_v, mse_v = loss.item(), mse.item()
     engine.cache.clear()
-    return loss.item(), mse.item()
+    return loss_v, mse_v
 
 
 def _trajectory_iteration(model, engine, beta, cfg, diffusion, coef, ts, gen) -> tuple[float, float]:
@@ -207,10 +251,10 @@ def _trajectory_iteration(model, engine, beta, cfg, diffusion, coef, ts, gen) ->
     mean over steps k >= 1 of ||x0_student(k) - x0_teacher(k)||^2 (the predicted clean image, a proxy
     of the final-image error) + lambda * mean_k sum_j sigmoid(beta[k][j]). States are detached
     between steps (truncated backpropagation), so each step's graph is freed after its backward."""
-    C, B, n = model.in_channels, cfg.batch_size, cfg.nfe
+    C, B, n, dev = model.in_channels, cfg.batch_size, cfg.nfe, beta.device
     depth = beta.shape[1] // 2
-    x = torch.randn(B, C, model.input_size, model.input_size, generator=gen)
-    y = _drop_labels(torch.randint(model.num_classes, (B,), generator=gen), model.num_classes, cfg.label_dropout, gen)
+    x = torch.randn(B, C, model.input_size, model.input_size, generator=gen).to(dev)
+    y = _drop_labels(torch.randint(model.num_classes, (B,), generator=gen), model.num_classes, cfg.label_dropout, gen).to(dev)
     xs = xt = x
     tot_loss = tot_mse = 0.0
     for k in range(n):

@@ -207,3 +207,32 @@ def test_cli_schedule_profile_bench(tiny_ckpt, tmp_path, capsys):
     noise, labels = noise_and_labels(0, np.arange(2), (1, 8, 8), 10)
     with pytest.raises(L2CError, match="unknown sampler 'euler'"):
         sample(m, noise, labels, sampler="euler", nfe=4)
+
+
+def test_bench_router_phase_split(tiny_ckpt, tmp_path, capsys):
+    from l2c.cli import main
+    assert main(["bench-router", "--checkpoint", str(tiny_ckpt), "--nfe", "6", "--batch", "4", "--iters", "3",
+                 "--warmup", "1", "--json", str(tmp_path / "rb.json")]) == 0
+    res = json.loads((tmp_path / "rb.json").read_text())
+    assert set(res["phases_s"]) == {"data", "cache_fill", "teacher", "student", "backward", "optimizer"}
+    assert res["s_per_it"] == pytest.approx(sum(res["phases_s"].values()))
+    assert res["it_per_s"] == pytest.approx(1 / res["s_per_it"])
+    assert sum(res["phases_share"].values()) == pytest.approx(1.0)
+    assert "teacher" in capsys.readouterr().out
+    # the same iterations with and without the phase timer give the same router
+    a = train_router(cfg_for(tiny_ckpt, steps=4), tmp_path / "a", progress=False)
+    timings: dict = {}
+    b = train_router(cfg_for(tiny_ckpt, steps=4), tmp_path / "b", progress=False, timings=timings)
+    assert torch.equal(load_router(a)["beta"], load_router(b)["beta"]) and len(timings["teacher"]) == 4
+
+
+def test_router_device_and_random_data_errors(tiny_ckpt, tmp_path):
+    if not torch.cuda.is_available():
+        with pytest.raises(L2CError, match="CUDA is not available"):
+            train_router(cfg_for(tiny_ckpt, device="cuda"), tmp_path / "c", progress=False)
+    from l2c.data import load_dataset
+    d = load_dataset("random:1x8x8:10:32")
+    assert d.x.shape == (32, 1, 8, 8) and int(d.y.max()) < 10
+    assert torch.equal(d.x, load_dataset("random:1x8x8:10:32").x)  # seeded
+    with pytest.raises(L2CError, match=r"random:CxHxW:CLASSES"):
+        load_dataset("random:8x8:10")

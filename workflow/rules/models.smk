@@ -62,6 +62,7 @@ rule train_router:
     params:
         model=router_spec,
         router=router_params,
+        device=DEVICE,
     log:
         f"{W}/logs/train_router/{{model}}-nfe{{nfe}}-{{rid}}.log",
     benchmark:

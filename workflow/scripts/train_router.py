@@ -9,4 +9,4 @@ from l2c.cells import train_router_cell  # noqa: E402
 sm = snakemake  # noqa: F821
 r = sm.params.router
 train_router_cell(sm.params.model, int(sm.wildcards.nfe), r["objective"], r["lam"], r["opts"],
-                  Path(sm.output.router).parent, sm.output.record, threads=sm.threads)
+                  Path(sm.output.router).parent, sm.output.record, threads=sm.threads, device=sm.params.device)
