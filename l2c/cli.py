@@ -198,6 +198,13 @@ def cmd_bench_router(a: argparse.Namespace) -> None:
     bench_router_cli(a)
 
 
+@command("encode-latents")
+def cmd_encode_latents(a: argparse.Namespace) -> None:
+    from .vae import encode_latents
+    print(encode_latents(a.data, a.out, a.vae, image_size=a.image_size, mode=a.mode, seed=a.seed, limit=a.limit,
+                         batch_size=a.batch_size, shard_size=a.shard_size, device=a.device, progress=not a.no_progress))
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 def _schedule_args(p: argparse.ArgumentParser) -> None:
@@ -339,6 +346,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the result to this JSON file")
+
+    p = sub.add_parser("encode-latents", help="encode an image data set once with the SD autoencoder (latents:PATH.npz)")
+    p.add_argument("--data", required=True, help="folder:PATH (ImageNet-style class folders)")
+    p.add_argument("--vae", required=True, help="AutoencoderKL folder / local HF id, or an LDM-layout file (autoencoder_kl_ema.pth)")
+    p.add_argument("--out", required=True, help="output .npz (latents [N,4,H/8,W/8] scaled by 0.18215, labels [N])")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--mode", default="sample", choices=["sample", "mean"], help="posterior sample (seeded per image) or mean")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="encode only the first N images")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("bench-router", help="router-training iterations/s with the teacher/student/cache-fill split")
     _bench_model_args(p)

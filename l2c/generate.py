@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 from tqdm import tqdm
 
 from .cache import CacheSchedule
@@ -26,14 +25,12 @@ from .data import float_to_uint8
 from .io import L2CError, environment_record, write_json, write_npz
 from .models import load_model
 from .sampling import sample
+from .vae import SD_VAE_SCALE, load_vae
 
 log = logging.getLogger("l2c.generate")
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "assets" / "embedded"
 EMBEDDED_MODEL = EMBEDDED_DIR / "dit-digits.pt"
-SD_VAE_SCALE = 0.18215
-VAE_HINT = ("download the SD VAE once where you have internet, e.g. `huggingface-cli download stabilityai/sd-vae-ft-ema "
-            "--local-dir models/sd-vae-ft-ema` (files config.json and diffusion_pytorch_model.safetensors), and pass that folder")
 
 
 @dataclass
@@ -43,7 +40,7 @@ class SampleConfig:
     checkpoint: str = str(EMBEDDED_MODEL)
     model: str | None = None  # needed for official plain state dicts, e.g. DiT-XL/2
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"input_size": 32}
-    vae: str | None = None  # folder / HF id of an AutoencoderKL for latent models; None: pixel space
+    vae: str | None = None  # AutoencoderKL folder / HF id, or an LDM-layout file (U-ViT); None: pixel space
     sampler: str = "ddim"
     nfe: int = 20
     cfg_scale: float = 1.5
@@ -75,18 +72,6 @@ def noise_and_labels(seed: int, indices: np.ndarray, shape: tuple[int, ...], num
     if mode not in ("uniform", "balanced"):
         raise L2CError(f"labels mode {mode!r}: expected uniform or balanced")
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
-
-
-def load_vae(path: str, device: torch.device) -> nn.Module:
-    """diffusers' AutoencoderKL from a local folder or the local Hugging Face cache (never downloads)."""
-    try:
-        from diffusers.models import AutoencoderKL
-    except ImportError as e:
-        raise L2CError("latent models need diffusers: pip install -e '.[real]'") from e
-    try:
-        return AutoencoderKL.from_pretrained(path, local_files_only=True).to(device).eval().requires_grad_(False)
-    except (OSError, ValueError) as e:
-        raise L2CError(f"SD VAE {path!r} not found locally ({str(e).splitlines()[0][:160]}): {VAE_HINT}") from e
 
 
 def resolve_schedule(cfg: SampleConfig) -> CacheSchedule | None:
