@@ -34,7 +34,9 @@ STYLE = {  # family -> (label, colour, marker); L2C stands out, heuristics share
     "top": ("Manual: from Top", "#7f7f7f", "^"),
     "random": ("Manual: Random", "#bcbd22", "D"),
     "metrics": ("Manual: Metrics", "#9467bd", "P"),
-    "interval": ("Interval (DeepCache-style)", "#17becf", "X"),
+    "interval": ("Interval (FORA-style)", "#17becf", "X"),
+    "deepcache": ("DeepCache-style", "#2ca02c", "h"),
+    "faster-diffusion": ("Faster-Diffusion-style", "#ff7f0e", "p"),
     "full": ("Uncached", "black", "*"),
 }
 

@@ -22,11 +22,13 @@ PAPER_RESULTS = str(Path(__file__).resolve().parent / "paper_results.csv")
 FAMILY_LABELS = {
     "full": "{solver}", "fewer": "{solver} (fewer steps)", "l2c": "L2C", "official": "L2C (official router)",
     "bottom": "Manual: from Bottom", "top": "Manual: from Top", "random": "Manual: Random", "metrics": "Manual: Metrics",
-    "interval": "Interval caching (DeepCache-style)", "drop": "Learning-to-Drop", "random-drop": "Random Drop",
+    "interval": "Interval caching (FORA-style)", "deepcache": "DeepCache-style", "faster-diffusion": "Faster-Diffusion-style",
+    "drop": "Learning-to-Drop", "random-drop": "Random Drop",
     "cache-all": "Cache", "cache-all-unshifted": "Cache, unshifted",
 }
 SOLVERS = {"ddim": "DDIM", "dpm2": "DPM-Solver-2"}
-HEURISTIC_FAMILIES = ("bottom", "top", "random", "metrics", "interval")
+HEURISTIC_FAMILIES = ("bottom", "top", "random", "metrics", "interval", "deepcache", "faster-diffusion")
+TABLE3_FAMILIES = ("interval", "deepcache", "faster-diffusion")  # the paper's Table 3: other cache methods
 
 # the published columns shown beside ours (paper_results.csv name -> table column)
 PAPER_COLS = {"nfe": "paper NFE", "removed": "paper removed", "macs_t": "paper MACs (T)", "latency_s": "paper latency (s)",
@@ -58,7 +60,7 @@ TABLE_COLUMNS: dict[str, list[str]] = {
 TITLES = {
     "table1": "Table 1: uncached sampler, fewer steps at the L2C cell's MACs, and L2C (DiT family, DDIM)",
     "table2": "Table 2: U-ViT with DPM-Solver-2: uncached, fewer steps, L2C",
-    "table3": "Table 3: other cache methods on U-ViT (interval caching at the L2C budget)",
+    "table3": "Table 3: other cache methods on U-ViT (DeepCache-, Faster-Diffusion-style and interval caching near the L2C budget)",
     "table4": "Table 4: remove ratio of the learned routers in cache steps (overall, FFN, MHSA)",
     "table5": "Tables 5/7: dropping vs caching at the L2C budget",
     "table6": "Table 6: every sub-layer cached in every cache step",
@@ -88,7 +90,7 @@ def tables_for(cells: list[dict]) -> list[str]:
         out.append("table1")
     if dpm:
         out.append("table2")
-    if any(c["family"] == "interval" for c in dpm):
+    if any(c["family"] in TABLE3_FAMILIES for c in dpm):
         out.append("table3")
     if "l2c" in fams:
         out += ["table4"]
@@ -202,11 +204,13 @@ def table2(df: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
 
 
 def table3(df: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """U-ViT: uncached, interval caching at the L2C budget, and that L2C cell."""
+    """U-ViT: uncached, the other cache methods near the L2C budget, and that L2C cell."""
     d = df[df["sampler"] == "dpm2"]
-    d = d[d.set_index(["model", "nfe"]).index.isin(d[d["family"] == "interval"].set_index(["model", "nfe"]).index)]
-    keep = d["family"].isin(["full", "interval"])
-    l2c = set(d.loc[d["family"] == "interval", "match"])
+    others = d["family"].isin(TABLE3_FAMILIES)
+    d = d[d.set_index(["model", "nfe"]).index.isin(d[others].set_index(["model", "nfe"]).index)]
+    others = d["family"].isin(TABLE3_FAMILIES)
+    keep = (d["family"] == "full") | others
+    l2c = set(d.loc[others, "match"])
     keep |= (d["family"] == "l2c") & d["method"].isin(l2c)
     return _select(with_paper(d[keep], paper, 3, use_lambda=False), TABLE_COLUMNS["table3"])
 

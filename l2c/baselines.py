@@ -1,5 +1,6 @@
 """Heuristic cache schedules at a matched budget (paper Fig. 4 and Tables 5/7), plus interval
-(FORA / DeepCache-style) caching and a greedy error-driven static schedule.
+(FORA-style) caching, the DeepCache- and Faster-Diffusion-style schedules of the paper's Table 3,
+and a greedy error-driven static schedule.
 
 Budget = the number of (cache step, sub-layer) pairs reused, over the structural cache steps. A
 per-layer heuristic reuses the same ranked sub-layers in every cache step; when the budget does not
@@ -71,7 +72,7 @@ def heuristic_schedule(kind: str, budget: int, nfe: int, depth: int, sampler: st
 
 
 def interval_schedule(nfe: int, depth: int, interval: int, sampler: str = "ddim", deep_from: int = 0) -> CacheSchedule:
-    """FORA / DeepCache-style: a full step every ``interval`` steps; in between, blocks >= ``deep_from``
+    """FORA-style: a full step every ``interval`` steps; in between, blocks >= ``deep_from``
     reuse their most recent outputs (``deep_from = 0``: the whole step is reused). Cache ages up to
     interval-1 steps (the engine reuses the most recently computed output)."""
     if interval < 1:
@@ -82,6 +83,66 @@ def interval_schedule(nfe: int, depth: int, interval: int, sampler: str = "ddim"
         compute[k, deep_from:] = False
     return CacheSchedule(compute, cache_steps, sampler=sampler, source=f"interval:{interval}:from={deep_from}",
                          meta={"interval": interval, "deep_from": deep_from})
+
+
+def deepcache_schedule(nfe: int, depth: int, shallow: int, sampler: str = "ddim", interval: int = 2) -> CacheSchedule:
+    """DeepCache-style (Ma et al., 2024), for a U-shaped network whose blocks are listed in-blocks,
+    mid-block, out-blocks (U-ViT's ``cache_blocks`` order): in cache steps, recompute only the
+    ``shallow`` outermost blocks on each side (the first in-blocks and, through their long skips, the
+    last out-blocks) and reuse the deep middle from the most recent full step. Cache steps: every step
+    not a multiple of ``interval`` (DDIM), or the shifted cache steps of DPM-Solver-2 (``interval``
+    ignored). On a network without skips it reuses the middle blocks all the same."""
+    if not 0 <= 2 * shallow <= depth:
+        raise L2CError(f"deepcache: shallow={shallow} blocks on each side do not fit a depth of {depth}")
+    if interval < 2:
+        raise L2CError("deepcache: interval must be >= 2 (a full step, then cache steps)")
+    cache_steps = [k for k in range(nfe) if k % interval] if sampler == "ddim" else default_cache_steps(nfe, sampler)
+    compute = np.ones((nfe, depth, 2), bool)
+    for k in cache_steps:
+        compute[k, shallow:depth - shallow] = False
+    return CacheSchedule(compute, cache_steps, sampler=sampler, source=f"deepcache:shallow={shallow}:interval={interval}",
+                         meta={"shallow": shallow, "interval": interval})
+
+
+FD_KEY_STEPS_50 = (0, 1, 2, 3, 5, 10, 15, 25, 35)  # Faster Diffusion's key steps of DDIM-50, sampling order
+
+
+def fd_key_steps(nfe: int, n_key: int) -> list[int]:
+    """``n_key`` key steps, dense early and sparse late as Faster Diffusion chooses them (its DDIM-50
+    set is steps 0, 1, 2, 3, 5, 10, 15, 25, 35 in sampling order): the distinct values of
+    round(nfe * (i / K)^2), i < K, for the smallest K giving ``n_key`` of them."""
+    if not 1 <= n_key <= nfe:
+        raise L2CError(f"faster-diffusion: {n_key} key steps do not fit NFE {nfe}")
+    for K in range(n_key, 100 * nfe):
+        keys = sorted({min(nfe - 1, round(nfe * (i / K) ** 2)) for i in range(K)})
+        if len(keys) >= n_key:
+            return keys[:n_key] if len(keys) == n_key else sorted(set(keys[:n_key - 1]) | {keys[-1]})
+    return list(range(n_key))
+
+
+def faster_diffusion_schedule(nfe: int, depth: int, encoder_blocks: int, sampler: str = "ddim",
+                              key_steps: Sequence[int] | None = None) -> CacheSchedule:
+    """Faster-Diffusion-style encoder propagation (Li et al., 2023): at non-key steps the encoder (the
+    first ``encoder_blocks`` blocks: U-ViT's in-blocks) is not evaluated and its sub-layer outputs
+    from the last key step are reused, while the decoder half is recomputed at every step. Key steps
+    default to Faster Diffusion's DDIM-50 set scaled to the NFE (``FD_KEY_STEPS_50``; for a given
+    number of key steps, ``fd_key_steps``). Variant, documented: the reuse is per sub-layer branch (the engine's unit), so the fresh
+    token embedding of x_t still enters the residual stream; Faster Diffusion reuses the encoder's
+    output features whole (with a stale embedding) and adds prior-noise injection and parallel
+    decoding of the non-key steps, which change speed, not the schedule, and are not modelled."""
+    if not 1 <= encoder_blocks <= depth:
+        raise L2CError(f"faster-diffusion: encoder_blocks={encoder_blocks} must be in 1..{depth}")
+    if key_steps is None:
+        key_steps = {round(k * nfe / 50) for k in FD_KEY_STEPS_50}
+    keys = sorted(set(int(k) for k in key_steps))
+    if not keys or keys[0] != 0 or keys[-1] >= nfe:
+        raise L2CError(f"faster-diffusion: key steps {keys} must include step 0 and lie below NFE {nfe}")
+    cache_steps = [k for k in range(nfe) if k not in keys]
+    compute = np.ones((nfe, depth, 2), bool)
+    for k in cache_steps:
+        compute[k, :encoder_blocks] = False
+    return CacheSchedule(compute, cache_steps, sampler=sampler, source=f"faster-diffusion:enc={encoder_blocks}:keys={len(keys)}",
+                         meta={"encoder_blocks": encoder_blocks, "key_steps": keys})
 
 
 def greedy_schedule(budget: int, nfe: int, depth: int, error_fn: Callable[[CacheSchedule], float],

@@ -3,7 +3,8 @@
 A *cell* is one (model, NFE, method) entry of the paper's tables: ``full`` (the uncached sampler),
 ``l2c-lam{λ}-th{θ}`` (Learning-to-Cache, paper Eq. 9 router at threshold θ), ``fewer-lam{λ}``
 (fewer sampling steps with the MACs of that L2C cell, Table 1), the Fig. 4 heuristics at the L2C
-cell's budget (``bottom``, ``top``, ``random-s{seed}``, ``metrics``, ``interval``), the Tables 5/7
+cell's budget (``bottom``, ``top``, ``random-s{seed}``, ``metrics``, ``interval``, ``deepcache``,
+``faster-diffusion``), the Tables 5/7
 drop baselines (``drop`` = learning-to-drop, ``random-drop-s{seed}``), ``cache-all`` (Table 6)
 and ``official-th{θ}`` (the authors' released router).
 
@@ -76,7 +77,7 @@ NFE_DEFAULTS: dict[str, Any] = {
     "theta": 0.1,  # the main threshold (compute iff sigmoid(beta) > theta)
     "thetas": [],  # theta sweep of the main router (Fig. 6)
     "fewer_lambdas": None,  # fewer-steps cells matched to these L2C cells (default: [lambda])
-    "heuristics": [],  # Fig. 4 heuristics at matched budgets: bottom, top, random, metrics, interval
+    "heuristics": [],  # heuristics at matched budgets: bottom, top, random, metrics, interval, deepcache, faster-diffusion
     "heuristic_lambdas": None,  # budgets of these L2C cells (default: [lambda])
     "drop": [],  # Tables 5/7 at the main L2C budget: drop (learning-to-drop), random-drop
     "cache_all": False,  # Table 6: every sub-layer reused in every cache step (dpm2: shifted and unshifted)
@@ -84,7 +85,7 @@ NFE_DEFAULTS: dict[str, Any] = {
     "router": {},  # overrides of the model's router settings (e.g. steps)
 }
 
-HEURISTICS = ("bottom", "top", "random", "metrics", "interval")
+HEURISTICS = ("bottom", "top", "random", "metrics", "interval", "deepcache", "faster-diffusion")
 DROPS = ("drop", "random-drop")
 SEEDED = ("random", "random-drop")
 
@@ -190,7 +191,7 @@ class Cell:
     model: str
     nfe: int
     method: str
-    family: str  # full | l2c | fewer | bottom | top | random | metrics | interval | drop | random-drop | cache-all | cache-all-unshifted | official
+    family: str  # full | l2c | fewer | bottom | top | random | metrics | interval | deepcache | faster-diffusion | drop | random-drop | cache-all | cache-all-unshifted | official
     lam: float | None = None
     theta: float | None = None
     seed: int | None = None
@@ -411,13 +412,15 @@ def make_schedule(cell: dict, m: dict, out: str | os.PathLike, *, router: str | 
 
     ``full`` / ``fewer``: compute everything (fewer: k steps with k x MACs per evaluation closest to
     the matched L2C cell's MACs); ``l2c`` / ``official``: router at theta; heuristics and random drop:
-    ``l2c.baselines.heuristic_schedule`` at the matched budget; ``interval``: DeepCache-style, every
+    ``l2c.baselines.heuristic_schedule`` at the matched budget; ``interval``: FORA-style, every
     block from ``deep_from`` reused in every cache step, ``deep_from`` chosen to match the budget;
+    ``deepcache`` / ``faster-diffusion``: ``l2c.baselines`` schedules with their free parameter (blocks
+    recomputed on each side / number of key steps) chosen to come closest to the budget;
     ``drop``: the learning-to-drop router's lowest-probability pairs, exactly the matched budget;
     ``cache-all``: every sub-layer reused in every cache step."""
     import numpy as np
 
-    from .baselines import heuristic_schedule, interval_schedule
+    from .baselines import deepcache_schedule, faster_diffusion_schedule, fd_key_steps, heuristic_schedule, interval_schedule
     from .cache import CacheSchedule, default_cache_steps
     from .macs import macs_report
     from .profile import profile_matrix, read_profile
@@ -450,6 +453,16 @@ def make_schedule(cell: dict, m: dict, out: str | os.PathLike, *, router: str | 
             compute[default_cache_steps(nfe, sampler), deep_from:] = False
             sched = CacheSchedule(compute, default_cache_steps(nfe, sampler), sampler=sampler,
                                   source=f"interval:shifted:from={deep_from}", meta={"deep_from": deep_from})
+        meta["budget_target"] = target.num_reused
+    elif fam == "deepcache":  # recompute `shallow` blocks on each side, reuse the middle in the L2C cache steps
+        per_step = target.num_reused / max(len(target.cache_steps), 1)
+        shallow = int(min(target.depth // 2, max(0, round((target.depth - per_step / 2) / 2))))
+        sched = deepcache_schedule(nfe, target.depth, shallow, sampler)
+        meta["budget_target"] = target.num_reused
+    elif fam == "faster-diffusion":  # the encoder half reused at non-key steps; key steps for the budget
+        enc = target.depth // 2
+        n_cache = int(min(nfe - 1, max(0, round(target.num_reused / (2 * enc)))))
+        sched = faster_diffusion_schedule(nfe, target.depth, enc, sampler, key_steps=fd_key_steps(nfe, nfe - n_cache))
         meta["budget_target"] = target.num_reused
     elif fam == "drop":
         r = load_router(router)

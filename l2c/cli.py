@@ -109,7 +109,7 @@ def cmd_train_router(a: argparse.Namespace) -> None:
 @command("schedule")
 def cmd_schedule(a: argparse.Namespace) -> None:
     """Write a cache schedule JSON: from a router at theta, or a heuristic / interval at a budget."""
-    from .baselines import heuristic_schedule, interval_schedule
+    from .baselines import deepcache_schedule, faster_diffusion_schedule, heuristic_schedule, interval_schedule
     from .cache import CacheSchedule
     from .router import load_schedule_from_router
     if a.router:
@@ -118,6 +118,11 @@ def cmd_schedule(a: argparse.Namespace) -> None:
         sched = load_schedule_from_router(a.router, a.theta, nfe=a.nfe)
     elif a.kind == "interval":
         sched = interval_schedule(a.nfe, a.depth, a.interval, a.sampler, deep_from=a.deep_from)
+    elif a.kind == "deepcache":
+        sched = deepcache_schedule(a.nfe, a.depth, a.shallow, a.sampler, interval=a.interval)
+    elif a.kind == "faster-diffusion":
+        keys = [int(k) for k in a.key_steps.split(",")] if a.key_steps else None
+        sched = faster_diffusion_schedule(a.nfe, a.depth, a.encoder_blocks or a.depth // 2, a.sampler, key_steps=keys)
     elif a.kind == "full":
         sched = CacheSchedule.full(a.nfe, a.depth, a.sampler)
     elif a.kind:
@@ -283,8 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schedule", help="write a cache schedule: router at theta, heuristic or interval at a budget")
     p.add_argument("--out", required=True)
     _schedule_args(p)
-    p.add_argument("--kind", choices=["full", "interval", "bottom", "top", "random", "metrics", "bottom-attn", "bottom-mlp",
-                                      "top-attn", "top-mlp", "random-drop"])
+    p.add_argument("--kind", choices=["full", "interval", "deepcache", "faster-diffusion", "bottom", "top", "random", "metrics",
+                                      "bottom-attn", "bottom-mlp", "top-attn", "top-mlp", "random-drop"])
     p.add_argument("--budget", type=int, help="number of (cache step, sub-layer) pairs to reuse")
     p.add_argument("--match", help="take the budget from this schedule JSON (matched budget)")
     p.add_argument("--profile", help="redundancy profile CSV (for --kind metrics)")
@@ -292,7 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=12, help="number of blocks (embedded DiT: 12, DiT-XL/2: 28)")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm2"])
     p.add_argument("--interval", type=int, default=2)
-    p.add_argument("--deep-from", dest="deep_from", type=int, default=0)
+    p.add_argument("--deep-from", dest="deep_from", type=int, default=0, help="interval: reuse blocks from this one on")
+    p.add_argument("--shallow", type=int, default=1, help="deepcache: blocks recomputed on each side of the U")
+    p.add_argument("--encoder-blocks", dest="encoder_blocks", type=int, default=None,
+                   help="faster-diffusion: leading blocks reused at non-key steps (default depth // 2: U-ViT's in-blocks)")
+    p.add_argument("--key-steps", dest="key_steps", help="faster-diffusion: comma-separated key steps (default: its DDIM-50 set scaled)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("profile", help="redundancy profile: error of reusing each sub-layer's previous output")

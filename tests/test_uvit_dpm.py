@@ -448,3 +448,57 @@ def test_bad_inputs_raise_clear_errors():
         dpm2_sample(m, None, noise, labels, nfe=4, cfg_scale=0.4, guidance="ddpm")
     # the null label itself is allowed (unconditional samples)
     assert dpm2_sample(m, None, noise, torch.tensor([10, 10]), nfe=2, cfg_scale=0.4).shape == noise.shape
+
+
+# -- Table 3 baselines ------------------------------------------------------------------------------
+
+def test_deepcache_recomputes_the_outer_blocks_and_reuses_the_middle():
+    from l2c.baselines import deepcache_schedule
+    m = micro()  # blocks in cache order: in0 in1 mid out0 out1; out1 takes in0's skip
+    s = deepcache_schedule(10, 5, shallow=1, sampler="dpm2")
+    assert s.cache_steps == default_cache_steps(10, "dpm2")
+    engine, seen = computed_evaluations(m, s, 10)
+    full = {(k, st) for k in range(10) for st in (0, 1)}
+    cached = {(k, st) for k in s.cache_steps for st in (0, 1)}
+    for (b, _), got in seen.items():
+        assert got == (full if b in (0, 4) else full - cached), b
+    d = deepcache_schedule(9, 5, shallow=2, interval=3)  # DDIM: a full step every 3, only the mid-block reused
+    assert d.cache_steps == [1, 2, 4, 5, 7, 8] and d.num_reused == 6 * 2
+    with pytest.raises(L2CError, match="shallow=3 blocks on each side do not fit a depth of 5"):
+        deepcache_schedule(10, 5, shallow=3)
+
+
+def test_faster_diffusion_reuses_the_encoder_at_non_key_steps():
+    from l2c.baselines import FD_KEY_STEPS_50, faster_diffusion_schedule, fd_key_steps
+    s50 = faster_diffusion_schedule(50, 29, 14)  # U-ViT-H/2: 14 in-blocks
+    assert s50.meta["key_steps"] == list(FD_KEY_STEPS_50)
+    assert s50.num_reused == 41 * 14 * 2
+    for n, k in ((20, 7), (20, 12), (50, 9), (10, 3)):
+        keys = fd_key_steps(n, k)
+        assert len(keys) == k and keys[0] == 0 and len(set(keys)) == k and max(keys) < n
+        gaps = np.diff(keys)
+        assert gaps[0] <= gaps[-1]  # dense early, sparse late
+    m = micro()
+    s = faster_diffusion_schedule(12, 5, 2, sampler="dpm2")  # in-blocks reused at non-key evaluations
+    engine, seen = computed_evaluations(m, s, 12)
+    full = {(k, st) for k in range(12) for st in (0, 1)}
+    nonkey = {(k, st) for k in s.cache_steps for st in (0, 1)}
+    for (b, _), got in seen.items():
+        assert got == (full - nonkey if b < 2 else full), b
+    with pytest.raises(L2CError, match="must include step 0"):
+        faster_diffusion_schedule(10, 5, 2, key_steps=[1, 5])
+
+
+@pytest.mark.parametrize("family", ["deepcache", "faster-diffusion"])
+def test_workflow_table3_schedules_come_close_to_the_budget(family, tmp_path):
+    from l2c.baselines import heuristic_schedule
+    from l2c.cells import make_schedule
+    target = heuristic_schedule("random", 9 * 40, 20, 29, "dpm2")  # 40 of 58 sub-layers in each cache step
+    target.save(tmp_path / "t.json")
+    m = {"model": "U-ViT-H/2", "model_kwargs": {}, "checkpoint": None, "sampler": "dpm2"}
+    cell = {"family": family, "nfe": 20, "method": f"{family}-lam0.1", "match": "l2c-lam0.1-th0.9", "seed": None}
+    make_schedule(cell, m, tmp_path / "s.json", match=str(tmp_path / "t.json"))
+    s = CacheSchedule.load(tmp_path / "s.json")
+    per_unit = 2 * 2 if family == "deepcache" else 2 * 14  # budget granularity: a block pair / an encoder step
+    assert abs(s.num_reused - target.num_reused) <= per_unit * (9 if family == "deepcache" else 1)
+    assert s.meta["budget_target"] == 360
