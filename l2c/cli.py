@@ -187,8 +187,9 @@ def cmd_embedded_report(a: argparse.Namespace) -> None:
     from .embedded import embedded_report
     from .generate import EMBEDDED_MODEL
     rep = embedded_report(a.out, a.checkpoint or EMBEDDED_MODEL, n_main=a.n_main, n_cache=a.n_cache,
-                          seeds=tuple(a.seeds), progress=not a.no_progress)
-    _print_json({k: rep[k] for k in ("floor_train_vs_reference", "ddim50", "caching_sensitivity_summary", "sampling_wall_s_1000_nfe20_cfg")})
+                          seeds=tuple(a.seeds), cfg_scale=a.cfg_scale, sampler=a.sampler, progress=not a.no_progress)
+    main = "ddim50" if a.sampler == "ddim" else "dpm50"
+    _print_json({k: rep[k] for k in ("floor_train_vs_reference", main, "caching_sensitivity_summary", "sampling_wall_s_1000_nfe20_cfg")})
 
 
 @command("bench")
@@ -340,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-main", type=int, default=2000)
     p.add_argument("--n-cache", type=int, default=1000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm2"])
+    p.add_argument("--cfg-scale", type=float, default=1.5,
+                   help="guidance scale (DiT form for DiT; U-ViT form eps_c + s (eps_c - eps_u) for U-ViT: 0.5 ~ DiT's 1.5)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("bench", help="latency of full vs cached sampling, with the MACs-ideal speedup beside it")

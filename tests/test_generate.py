@@ -110,3 +110,12 @@ def test_complete_output_is_not_recomputed(tiny_ckpt, tmp_path):
     assert generate(cfg(tiny_ckpt), out, progress=False) == out and out.stat().st_mtime_ns == mtime
     generate(cfg(tiny_ckpt, nfe=3), out, progress=False)  # another configuration: regenerated
     assert out.stat().st_mtime_ns != mtime
+
+
+def test_embedded_report_for_a_uvit_with_dpm_solver(tmp_path):
+    from l2c.embedded import embedded_report
+    ckpt = make_tiny(tmp_path / "uvit.pt", name="U-ViT-Micro/2", noise_schedule="linear")
+    rep = embedded_report(tmp_path / "rep", ckpt, n_main=8, n_cache=8, seeds=(0,), cfg_scale=0.5, sampler="dpm2", progress=False)
+    assert rep["sampler"] == "dpm2" and {"dpm20", "dpm10", "all-reuse-20"} <= set(rep["caching_sensitivity_summary"])
+    assert 0 <= rep["dpm50"]["label_agreement"] <= 1
+    assert rep["caching_sensitivity"][2]["psnr_db"] < 100  # the all-reuse samples differ from the uncached ones
