@@ -37,6 +37,7 @@ localrules:
     fig5_router,
     fig6_theta,
     fig7_samples,
+    fig8_speedup,
 
 
 rule all:

@@ -8,7 +8,9 @@ metadata (key ``l2c``) and the PDF's ``Subject``.
 - Fig. 4 :func:`fig4_matched`: quality (FID, PSNR) vs latency and MACs: L2C vs heuristics vs fewer steps.
 - Fig. 5 :func:`fig5_router`: the learned router's sigmoid(beta) per step and layer.
 - Fig. 6 :func:`fig6_theta`: the theta sweep of one router.
-- Fig. 7 :func:`fig7_samples`: sample grids of several methods from the same seeds."""
+- Fig. 7 :func:`fig7_samples`: sample grids of several methods from the same seeds.
+- Fig. 8 :func:`fig8_speedup` (beyond the paper): quality vs speedup past L2C's 2x cap with
+  trajectory-trained routers."""
 from __future__ import annotations
 
 import json
@@ -25,7 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .tables import HEURISTIC_FAMILIES, method_label  # noqa: E402
+from .tables import HEURISTIC_FAMILIES, best_heuristic, method_label  # noqa: E402
 
 STYLE = {  # family -> (label, colour, marker); L2C stands out, heuristics share a muted palette
     "l2c": ("Learning-to-Cache", "#d62728", "o"),
@@ -38,6 +40,8 @@ STYLE = {  # family -> (label, colour, marker); L2C stands out, heuristics share
     "deepcache": ("DeepCache-style", "#2ca02c", "h"),
     "faster-diffusion": ("Faster-Diffusion-style", "#ff7f0e", "p"),
     "full": ("Uncached", "black", "*"),
+    "trajectory": ("Trajectory router", "#e377c2", "o"),
+    "best": ("Best heuristic at the L2C budget", "#8c564b", "v"),
 }
 
 
@@ -261,6 +265,47 @@ def fig7_samples(npz_paths: list[str], methods: list[str], families: list[str], 
     return fig, meta
 
 
+# -- Fig. 8 (beyond the paper) ----------------------------------------------------------------------------
+
+def fig8_speedup(cells_csv: str, model: str, nfe: int, label: str):
+    """Quality vs speedup past L2C's 2x cap: L2C routers, trajectory routers, fewer steps (twins of
+    both) and the best heuristic at each L2C budget; FID and paired PSNR vs MACs and measured speedup."""
+    df = pd.read_csv(cells_csv)
+    df = df[(df["model"] == model) & (df["nfe"] == nfe)]
+    fewer = (df["family"] == "fewer") & (~df["sweep"].astype(bool) | df["method"].str.startswith("fewer-traj"))
+    d = df[df["family"].isin(["full", "trajectory"]) | ((df["family"] == "l2c") & ~df["sweep"].astype(bool)) | fewer].copy()
+    best = best_heuristic(df).assign(family="best")
+    d = pd.concat([d, best.groupby(["match"], as_index=False).agg(
+        {**{c: "mean" for c in ("speedup_macs", "speedup", "fid", "psnr_db", "psnr_mean_db", "mse")},
+         "family": "first", "method": "first"})])
+    d["psnr"] = psnr_for_plot(d)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    panels = [("speedup_macs", "fid", "speedup in MACs (x)", "FID"), ("speedup", "fid", "measured speedup (x)", "FID"),
+              ("speedup_macs", "psnr", "speedup in MACs (x)", "PSNR to uncached (dB)"),
+              ("speedup", "psnr", "measured speedup (x)", "PSNR to uncached (dB)")]
+    for ax, (x, y, xl, yl) in zip(axes.flat, panels):
+        for fam in ("fewer", "best", "l2c", "trajectory", "full"):
+            f = d[d["family"] == fam].dropna(subset=[x, y]).sort_values(x)
+            if f.empty:
+                continue
+            name, color, marker = STYLE[fam]
+            ax.plot(f[x], f[y], color=color, marker=marker, ms=9 if fam == "full" else 6, ls="none" if fam == "full" else "-",
+                    lw=2.2 if fam in ("l2c", "trajectory") else 1.2, label=name)
+        ax.axvline(2.0, color="grey", ls="--", lw=1)
+        ax.text(2.0, ax.get_ylim()[1], " L2C cap (2x)", va="top", fontsize=8, color="grey")
+        ax.set(xlabel=xl, ylabel=yl)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    backend = ", ".join(sorted(set(d["backend"].dropna())))
+    fig.suptitle(f"Beyond the paper: {label}, NFE {nfe}: trajectory-trained routers vs L2C, fewer steps and the best "
+                 f"heuristic (metric backend: {backend})", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    meta = {"title": f"Fig. 8 speedup {label} NFE {nfe}", "cells": d["method"].tolist(), "environment": _env_from_cells(df),
+            "seeds": {"sampling": sorted(set(df["sampling_seed"].dropna().astype(int)))}}
+    return fig, meta
+
+
 # -- dispatch (workflow/scripts/figure.py) --------------------------------------------------------------
 
 def render(rule: str, inputs: dict[str, Any], params: dict[str, Any], wildcards: dict[str, str], *, png: str, pdf: str,
@@ -277,6 +322,8 @@ def render(rule: str, inputs: dict[str, Any], params: dict[str, Any], wildcards:
         fig, m = fig5_router(inputs["router"], label, params["theta"])
     elif rule == "fig6_theta":
         fig, m = fig6_theta(inputs["cells"], model, nfe, params["lam"], label)
+    elif rule == "fig8_speedup":
+        fig, m = fig8_speedup(inputs["cells"], model, nfe, label)
     elif rule == "fig7_samples":
         samples = inputs["samples"]
         fig, m = fig7_samples([samples] if isinstance(samples, str) else list(samples), list(params["methods"]),

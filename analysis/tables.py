@@ -24,7 +24,7 @@ FAMILY_LABELS = {
     "bottom": "Manual: from Bottom", "top": "Manual: from Top", "random": "Manual: Random", "metrics": "Manual: Metrics",
     "interval": "Interval caching (FORA-style)", "deepcache": "DeepCache-style", "faster-diffusion": "Faster-Diffusion-style",
     "drop": "Learning-to-Drop", "random-drop": "Random Drop",
-    "cache-all": "Cache", "cache-all-unshifted": "Cache, unshifted",
+    "cache-all": "Cache", "cache-all-unshifted": "Cache, unshifted", "trajectory": "Trajectory router (beyond the paper)",
 }
 SOLVERS = {"ddim": "DDIM", "dpm2": "DPM-Solver-2"}
 HEURISTIC_FAMILIES = ("bottom", "top", "random", "metrics", "interval", "deepcache", "faster-diffusion")
@@ -55,6 +55,7 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "table9": ID + ["removed", "latency (s)", "speedup"] + QUALITY + ["backend", "paper removed", "paper latency (s)",
                                                                        "paper speedup"] + PAPER_QUALITY,
     "fig4": ID + ["family", "budget of", "removed", "MACs (G)", "latency (s)", "speedup", "speedup (MACs)"] + QUALITY + ["backend"],
+    "beyond": ID + ["family", "budget of", "removed", "MACs (G)", "speedup (MACs)", "latency (s)", "speedup"] + QUALITY + ["backend"],
 }
 
 TITLES = {
@@ -67,6 +68,7 @@ TITLES = {
     "table8": "Table 8: router hyper-parameters and training cost",
     "table9": "Table 9: lambda ablation",
     "fig4": "Fig. 4 data: L2C vs heuristics vs fewer steps at matched budgets",
+    "beyond": "Beyond the paper: trajectory-trained routers (every step may reuse) vs L2C, fewer steps and the best heuristic, by MACs speedup",
 }
 
 
@@ -104,6 +106,8 @@ def tables_for(cells: list[dict]) -> list[str]:
         out.append("table9")
     if fams & set(HEURISTIC_FAMILIES + ("fewer",)):
         out.append("fig4")
+    if "trajectory" in fams:
+        out.append("beyond")
     return out
 
 
@@ -255,9 +259,35 @@ def fig4(df: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     return _select(ours(d), TABLE_COLUMNS["fig4"])
 
 
+def best_heuristic(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, NFE, matched L2C cell), the heuristic cell with the highest paired PSNR (mean over
+    seeds for the seeded ones): the strongest hand-made rule at that budget."""
+    h = df[df["family"].isin(HEURISTIC_FAMILIES) & _main(df)].copy()
+    if h.empty:
+        return h
+    h["_psnr"] = h.groupby(["model", "nfe", "match", "family"])["psnr_db"].transform("mean")
+    best = h.sort_values("_psnr", ascending=False, kind="stable").groupby(["model", "nfe", "match"], sort=False)["family"].first()
+    keep = h.set_index(["model", "nfe", "match", "family"]).index.isin(
+        pd.MultiIndex.from_tuples([(*k, f) for k, f in best.items()]))
+    return h[keep].drop(columns="_psnr")
+
+
+def beyond(df: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Trajectory routers beside every L2C cell, the fewer-steps twins of both and the best heuristic at
+    each L2C budget, per (model, NFE) sorted by MACs speedup."""
+    have = df[df["family"] == "trajectory"].set_index(["model", "nfe"]).index
+    at = df.set_index(["model", "nfe"]).index.isin(have)
+    fewer = (df["family"] == "fewer") & (_main(df) | df["method"].str.startswith("fewer-traj"))
+    d = df[at & (df["family"].isin(["full", "trajectory"]) | ((df["family"] == "l2c") & _main(df)) | fewer)]
+    d = pd.concat([d, best_heuristic(df[at])])
+    models = {m: i for i, m in enumerate(dict.fromkeys(d["model"]))}
+    d = d.assign(_m=d["model"].map(models), _n=-d["nfe"]).sort_values(["_m", "_n", "speedup_macs", "family"], kind="stable")
+    return _select(ours(d), TABLE_COLUMNS["beyond"])
+
+
 TABLES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]] = {
     "table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
-    "table6": table6, "table8": table8, "table9": table9, "fig4": fig4,
+    "table6": table6, "table8": table8, "table9": table9, "fig4": fig4, "beyond": beyond,
 }
 
 

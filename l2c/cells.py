@@ -5,8 +5,10 @@ A *cell* is one (model, NFE, method) entry of the paper's tables: ``full`` (the 
 (fewer sampling steps with the MACs of that L2C cell, Table 1), the Fig. 4 heuristics at the L2C
 cell's budget (``bottom``, ``top``, ``random-s{seed}``, ``metrics``, ``interval``, ``deepcache``,
 ``faster-diffusion``), the Tables 5/7
-drop baselines (``drop`` = learning-to-drop, ``random-drop-s{seed}``), ``cache-all`` (Table 6)
-and ``official-th{θ}`` (the authors' released router).
+drop baselines (``drop`` = learning-to-drop, ``random-drop-s{seed}``), ``cache-all`` (Table 6),
+``official-th{θ}`` (the authors' released router) and, beyond the paper, ``traj-lam{λ}-th{θ}``
+(a trajectory-trained router, ``l2c.router`` objective ``trajectory``) with its fewer-steps twin
+``fewer-traj-lam{λ}``.
 
 Two halves, one file:
 
@@ -83,6 +85,10 @@ NFE_DEFAULTS: dict[str, Any] = {
     "cache_all": False,  # Table 6: every sub-layer reused in every cache step (dpm2: shifted and unshifted)
     "official_router": None,  # the authors' released router file for this setting (adds official-th{theta})
     "router": {},  # overrides of the model's router settings (e.g. steps)
+    # Beyond the paper (HarmoniCa-style): trajectory-trained routers, every step but the first may reuse
+    "trajectory_lambdas": [],  # one trajectory router each -> traj-lam{λ}-th{θ} + fewer-traj-lam{λ} (same MACs)
+    "trajectory_theta": 0.5,  # compute iff sigmoid(beta) > theta
+    "trajectory_router": {},  # overrides of the router settings for trajectory training (steps, batch_size, lr)
 }
 
 HEURISTICS = ("bottom", "top", "random", "metrics", "interval", "deepcache", "faster-diffusion")
@@ -179,6 +185,12 @@ def _resolve_nfe(s: dict, where: str, m: dict) -> dict:
                                   f"is not among lambdas {s['lambdas']}")
     s["official_router"] = _local(s["official_router"])
     s["router"] = _merge(m["router"], s["router"])
+    s["trajectory_lambdas"] = [_real(x, f"{where}.trajectory_lambdas") for x in s["trajectory_lambdas"]]
+    s["trajectory_theta"] = _real(s["trajectory_theta"], f"{where}.trajectory_theta")
+    s["trajectory_router"] = _merge(s["router"], s["trajectory_router"])
+    if s["trajectory_lambdas"] and m["sampler"] != "ddim":
+        raise ConfigError(f"{where}.trajectory_lambdas: the trajectory objective is implemented for the ddim sampler, "
+                          f"not {m['sampler']!r}")
     return s
 
 
@@ -197,7 +209,7 @@ class Cell:
     seed: int | None = None
     match: str | None = None  # the L2C cell whose budget (or MACs, for fewer) this cell matches
     router: str | None = None  # router id: cache-lam{λ}, drop-lam{λ}, or "official"
-    sweep: bool = False  # a theta-sweep cell (Fig. 6) rather than a main-theta cell
+    sweep: bool = False  # outside the main tables: theta sweep (Fig. 6), fewer-steps twins of trajectory cells
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,6 +217,10 @@ class Cell:
 
 def l2c_method(lam: float, theta: float) -> str:
     return f"l2c-lam{fmt(lam)}-th{fmt(theta)}"
+
+
+def trajectory_method(lam: float, theta: float) -> str:
+    return f"traj-lam{fmt(lam)}-th{fmt(theta)}"
 
 
 def router_id(objective: str, lam: float) -> str:
@@ -250,6 +266,11 @@ def _plan_nfe(model: str, nfe: int, s: dict, sampler: str, seeds: list[int]) -> 
             out.append(Cell(model, nfe, "cache-all-unshifted", "cache-all-unshifted"))
     if s["official_router"]:
         out.append(Cell(model, nfe, f"official-th{fmt(theta)}", "official", None, theta, router="official"))
+    tt = s["trajectory_theta"]
+    for x in s["trajectory_lambdas"]:
+        method = trajectory_method(x, tt)
+        out.append(Cell(model, nfe, method, "trajectory", x, tt, router=router_id("trajectory", x)))
+        out.append(Cell(model, nfe, f"fewer-traj-lam{fmt(x)}", "fewer", x, tt, match=method, sweep=True))
     return out
 
 
@@ -438,7 +459,7 @@ def make_schedule(cell: dict, m: dict, out: str | os.PathLike, *, router: str | 
         k = int(min(nfe, max(step, step * round(target_macs / (step * mm.per_eval)))))
         sched = CacheSchedule.full(k, target.depth, sampler, source=f"fewer-steps:{k}")
         meta.update({"fewer_steps_of": nfe, "macs_target": int(target_macs), "macs": int(k * mm.per_eval)})
-    elif fam in ("l2c", "official"):
+    elif fam in ("l2c", "official", "trajectory"):
         sched = load_schedule_from_router(router, cell["theta"], sampler=sampler, nfe=nfe)
     elif fam in ("bottom", "top", "random", "metrics", "random-drop"):
         prof = profile_matrix(read_profile(profile)) if fam == "metrics" else None

@@ -67,7 +67,7 @@ def expected_jobs(cfg: dict, digits_reference: bool) -> int:
     for model, nfe in nfes:
         s = rc["models"][model]["nfe"][nfe]
         figures += 2 + bool(s["heuristics"] or s["fewer_lambdas"]) + (s["lambda"] is not None) \
-            + (s["lambda"] is not None and len(set(s["thetas"]) | {s["theta"]}) > 1)
+            + (s["lambda"] is not None and len(set(s["thetas"]) | {s["theta"]}) > 1) + bool(s["trajectory_lambdas"])
     pretrain = sum(1 for m in rc["models"].values() if m["pretrain"])
     tables = tables_for([c.to_dict() | {"sampler": rc["models"][c.model]["sampler"]} for c in planned])
     return (5 * len(planned) + len(cells.routers(rc)) + len(nfes) + pretrain + int(digits_reference) + 1
@@ -85,15 +85,15 @@ def test_default_dry_run_plans_every_job(tmp_path):
 
 def test_paper_dry_run_plans_the_full_grid(tmp_path):
     jobs, outputs = dry_run(tmp_path, configfiles=(PAPER,), config=["check_files=false"])
-    assert n_cells(PAPER) == 73
-    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(PAPER.read_text()), digits_reference=False) == 432
-    assert jobs["train_router"] == 15 and jobs["table"] == 9  # Tables 1-6, 8, 9 and the Fig. 4 data
+    assert n_cells(PAPER) == 81
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(PAPER.read_text()), digits_reference=False) == 477
+    assert jobs["train_router"] == 18 and jobs["table"] == 10  # Tables 1-6, 8, 9, the Fig. 4 data, beyond
     assert "results/paper/tables/table2.csv" in outputs and "results/paper/tables/table3.csv" in outputs
 
 
 def test_smoke_dry_run(tmp_path):
     jobs, _ = dry_run(tmp_path, configfiles=(SMOKE,))
-    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(SMOKE.read_text()), digits_reference=True) == 68
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(SMOKE.read_text()), digits_reference=True) == 91
     assert jobs["pretrain"] == 1
 
 
@@ -197,7 +197,7 @@ def test_smoke_end_to_end(tmp_path):
     res = tmp_path / "results"
     planned = cells.plan(cells.resolve(yaml.safe_load(SMOKE.read_text())))
     df = pd.read_csv(res / "cells.csv")
-    assert len(df) == len(planned) == 10
+    assert len(df) == len(planned) == 14
     for col in ("fid", "is", "sfid", "precision", "recall", "latency_s", "speedup", "macs_total", "remove_ratio"):
         assert df[col].notna().all(), col
     assert (df.loc[df["family"] != "full", "paired_with"].notna()).all()
@@ -207,7 +207,7 @@ def test_smoke_end_to_end(tmp_path):
     assert fewer["nfe_sampled"] <= fewer["nfe"]
 
     expected = tables_for([c.to_dict() | {"sampler": "ddim"} for c in planned])
-    assert expected == ["table1", "table4", "table5", "table6", "table8", "fig4"]
+    assert expected == ["table1", "table4", "table5", "table6", "table8", "fig4", "beyond"]
     for name in expected:
         t = pd.read_csv(res / "tables" / f"{name}.csv")
         assert list(t.columns) == TABLE_COLUMNS[name], name
@@ -218,7 +218,7 @@ def test_smoke_end_to_end(tmp_path):
 
     from PIL import Image
     figs = sorted((res / "figures").glob("*.png"))
-    assert [f.name.split("-")[0] for f in figs] == ["fig3", "fig4", "fig5", "fig6", "fig7"]
+    assert [f.name.split("-")[0] for f in figs] == ["fig3", "fig4", "fig5", "fig6", "fig7", "fig8"]
     for png in figs:
         meta = json.loads(png.with_suffix(".json").read_text())
         assert {"versions", "analysis_git_revision", "seeds", "environment"} <= set(meta)
@@ -236,7 +236,7 @@ def test_smoke_end_to_end(tmp_path):
     (res / "smoke" / "nfe4" / "cells" / "bottom-lam0.01.json").unlink()
     jobs, outputs = dry_run(tmp_path, configfiles=(SMOKE,))
     assert jobs["cell"] == 1 and jobs["collect"] == 1
-    assert set(jobs) == {"cell", "collect", "table", "fig4_matched", "fig6_theta", "all"}
+    assert set(jobs) == {"cell", "collect", "table", "fig4_matched", "fig6_theta", "fig8_speedup", "all"}
 
     # sampling fanned out over shard-range jobs + a merge gives the same bytes as one job
     npz = tmp_path / "work" / "smoke" / "nfe4" / "samples" / "full.npz"
@@ -266,7 +266,7 @@ def test_tables_put_paper_values_beside_paper_cells():
     df = pd.DataFrame(rows)
     paper = T.read_paper()
     got = {n: T.TABLES[n](df, paper) for n in T.tables_for([c | {"sampler": c["sampler"]} for c in rows])}
-    assert list(got) == ["table1", "table2", "table3", "table4", "table5", "table6", "table8", "table9", "fig4"]
+    assert list(got) == ["table1", "table2", "table3", "table4", "table5", "table6", "table8", "table9", "fig4", "beyond"]
     for name, t in got.items():
         assert list(t.columns) == TABLE_COLUMNS[name] and len(t), name
     t1 = got["table1"].set_index(["model", "method", "NFE", "lambda"], drop=False)
@@ -275,4 +275,7 @@ def test_tables_put_paper_values_beside_paper_cells():
     assert t1.loc[("DiT-XL/2 256", "L2C", 20, 1e-5), "paper FID"] != t1.loc[("DiT-XL/2 256", "L2C", 20, 1e-5), "paper FID"]  # NaN
     assert (got["table9"]["paper removed"].tolist() == [0, 129, 176, 248, 300, 404, 460])
     assert got["table6"]["paper FID"].tolist() == [2.57, 2.80, 5.30]
-    assert got["table3"]["paper FID"].notna().all() and got["table2"]["paper FID"].notna().all()
+    t3 = got["table3"]
+    assert set(t3["method"]) >= {"DeepCache-style", "Faster-Diffusion-style", "L2C", "DPM-Solver-2"}
+    assert t3.loc[t3["method"] != "Interval caching (FORA-style)", "paper FID"].notna().all()  # the paper has no interval row
+    assert got["table2"]["paper FID"].notna().all()

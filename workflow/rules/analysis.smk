@@ -126,3 +126,21 @@ rule fig7_samples:
         ENV
     script:
         "../scripts/figure.py"
+
+
+rule fig8_speedup:
+    input:
+        cells=f"{R}/cells.csv",
+    output:
+        png=report(f"{R}/figures/fig8-speedup-{{model}}-nfe{{nfe}}.png", caption="../report/fig8.rst",
+                   category="Beyond the paper", labels={"model": "{model}", "NFE": "{nfe}"}),
+        pdf=f"{R}/figures/fig8-speedup-{{model}}-nfe{{nfe}}.pdf",
+        meta=f"{R}/figures/fig8-speedup-{{model}}-nfe{{nfe}}.json",
+    params:
+        label=model_label,
+    log:
+        f"{W}/logs/analysis/fig8-{{model}}-nfe{{nfe}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/figure.py"

@@ -55,7 +55,7 @@ wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     nfe=r"[0-9]+",
     method=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    rid=r"(cache|drop)-lam[0-9.eE+-]+",
+    rid=r"(cache|drop|trajectory)-lam[0-9.eE+-]+",
     part=r"[0-9]+",
     table=r"[a-z0-9-]+",
 
@@ -188,7 +188,8 @@ def cell_inputs(wildcards):
 
 def router_params(wildcards):
     objective, lam = ROUTERS[(wildcards.model, int(wildcards.nfe), wildcards.rid)]
-    opts = dict(CFG["models"][wildcards.model]["nfe"][int(wildcards.nfe)]["router"])
+    s = CFG["models"][wildcards.model]["nfe"][int(wildcards.nfe)]
+    opts = dict(s["trajectory_router"] if objective == "trajectory" else s["router"])
     return {"objective": objective, "lam": lam, "opts": opts}
 
 
@@ -244,6 +245,8 @@ def figure_targets():
             figs.append(f"fig5-router-{stem}-{main_router(model, nfe)}")
         if len(set(s["thetas"]) | {s["theta"]}) > 1 and s["lambda"] is not None:
             figs.append(f"fig6-theta-{stem}")
+        if s["trajectory_lambdas"]:
+            figs.append(f"fig8-speedup-{stem}")
     return [f"{R}/figures/{f}.{ext}" for f in figs for ext in ("png", "pdf", "json")]
 
 
