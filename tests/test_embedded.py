@@ -72,3 +72,19 @@ def test_committed_model_generates_its_labels():
     with torch.no_grad():
         pred = net(uint8_nhwc_to_float(torch.from_numpy(float_to_uint8(x))))["logits"].argmax(1)
     assert (pred == labels).float().mean() >= 0.9
+
+
+def test_committed_uvit_generates_its_labels_with_dpm_solver():
+    from l2c.data import float_to_uint8
+    from l2c.generate import EMBEDDED_DIR
+    from l2c.metrics.features import load_digits_net, uint8_nhwc_to_float
+    path = EMBEDDED_DIR / "uvit-digits.pt"
+    model = load_model(path)
+    assert len(model.cache_blocks()) == 13 and model.dpm_defaults["noise_schedule"] == "linear"
+    assert path.stat().st_size < 20 * 2**20
+    noise, labels = noise_and_labels(5, np.arange(40), (1, 8, 8), 10, mode="balanced")
+    x = sample(model, noise, labels, sampler="dpm2", nfe=10, cfg_scale=0.5)
+    net, _ = load_digits_net()
+    with torch.no_grad():
+        pred = net(uint8_nhwc_to_float(torch.from_numpy(float_to_uint8(x))))["logits"].argmax(1)
+    assert (pred == labels).float().mean() >= 0.9

@@ -78,9 +78,9 @@ def expected_jobs(cfg: dict, digits_reference: bool) -> int:
 
 def test_default_dry_run_plans_every_job(tmp_path):
     jobs, _ = dry_run(tmp_path, config=NO_EMBEDDED)
-    assert n_cells(CONFIG) == 30
-    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(CONFIG.read_text()), digits_reference=True) == 178
-    assert jobs["train_router"] == 7 and jobs["sample"] == 30 and jobs["table"] == 7
+    assert n_cells(CONFIG) == 45
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(CONFIG.read_text()), digits_reference=True)
+    assert jobs["train_router"] == 12 and jobs["sample"] == 45
 
 
 def test_paper_dry_run_plans_the_full_grid(tmp_path):
