@@ -124,6 +124,14 @@ def _family_points(d: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return out.sort_values(["family", "x"])
 
 
+def _legend_and_title(fig: plt.Figure, axes: np.ndarray, d: pd.DataFrame, title: str, ncol: int) -> None:
+    """One legend under a grid of panels and a title naming the metric back-end(s) (``{backend}``)."""
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle(title.format(backend=", ".join(sorted(set(d["backend"].dropna())))), fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+
+
 def fig4_matched(cells_csv: str, model: str, nfe: int, label: str):
     """Quality vs cost at matched budgets (paper Fig. 4): FID and PSNR vs latency and MACs."""
     df = pd.read_csv(cells_csv)
@@ -150,12 +158,8 @@ def fig4_matched(cells_csv: str, model: str, nfe: int, label: str):
                         zorder=3 if fam == "l2c" else 2)
         ax.set(xlabel=xl, ylabel=yl)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, frameon=False, bbox_to_anchor=(0.5, -0.04))
-    backend = ", ".join(sorted(set(d["backend"].dropna())))
-    fig.suptitle(f"Fig. 4 analogue: {label}, NFE {nfe}: L2C vs heuristics vs fewer steps at matched budgets "
-                 f"(metric backend: {backend}; random: mean and range over seeds)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    _legend_and_title(fig, axes, d, f"Fig. 4 analogue: {label}, NFE {nfe}: L2C vs heuristics vs fewer steps at matched "
+                      "budgets (metric backend: {backend}; random: mean and range over seeds)", ncol=4)
     meta = {"title": f"Fig. 4 matched budgets {label} NFE {nfe}", "cells": d["method"].tolist(), "environment": _env_from_cells(d),
             "seeds": {"sampling": sorted(set(d["sampling_seed"].dropna().astype(int))),
                       "random heuristics": sorted(set(d["seed"].dropna().astype(int)))}}
@@ -295,12 +299,8 @@ def fig8_speedup(cells_csv: str, model: str, nfe: int, label: str):
         ax.text(2.0, ax.get_ylim()[1], " L2C cap (2x)", va="top", fontsize=8, color="grey")
         ax.set(xlabel=xl, ylabel=yl)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, frameon=False, bbox_to_anchor=(0.5, -0.02))
-    backend = ", ".join(sorted(set(d["backend"].dropna())))
-    fig.suptitle(f"Beyond the paper: {label}, NFE {nfe}: trajectory-trained routers vs L2C, fewer steps and the best "
-                 f"heuristic (metric backend: {backend})", fontsize=10)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    _legend_and_title(fig, axes, d, f"Beyond the paper: {label}, NFE {nfe}: trajectory-trained routers vs L2C, fewer steps "
+                      "and the best heuristic (metric backend: {backend})", ncol=5)
     meta = {"title": f"Fig. 8 speedup {label} NFE {nfe}", "cells": d["method"].tolist(), "environment": _env_from_cells(df),
             "seeds": {"sampling": sorted(set(df["sampling_seed"].dropna().astype(int)))}}
     return fig, meta
