@@ -94,7 +94,7 @@ def cmd_sample(a: argparse.Namespace) -> None:
 def cmd_train_router(a: argparse.Namespace) -> None:
     from .router import RouterConfig, train_router
     d = _read_yaml(a.config) if a.config else {}
-    for key in ("checkpoint", "data", "sampler", "nfe", "lam", "objective", "steps", "batch_size", "lr", "seed", "threads", "ste_threshold", "device", "reduction"):
+    for key in ("checkpoint", "data", "sampler", "nfe", "lam", "objective", "steps", "batch_size", "lr", "seed", "threads", "ste_threshold", "device", "reduction", "trajectory_loss"):
         if getattr(a, key, None) is not None:
             d[key] = getattr(a, key)
     if a.no_clamp:
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ste-threshold", dest="ste_threshold", type=float)
     p.add_argument("--no-clamp", action="store_true", help="do not clamp the logits to [-5, 5] (U-ViT recipe)")
     p.add_argument("--reduction", choices=["mean", "sum"], help="MSE over all outputs (mean, DiT) or per-sample sum (U-ViT)")
+    p.add_argument("--trajectory-loss", dest="trajectory_loss", choices=["x0", "final"],
+                   help="trajectory objective: per-step predicted-x0 error (x0) or the final image's error (final)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--device", help="cpu (default) or cuda[:N]")

@@ -146,6 +146,11 @@ def generate(cfg: SampleConfig, out: str | os.PathLike, shards: tuple[int, int] 
     out = Path(out)
     if cfg.num_samples < 1 or cfg.shard_size < 1 or cfg.batch_size < 1:
         raise L2CError("num_samples, shard_size and batch_size must be positive")
+    for name in ("schedule", "router", "checkpoint"):
+        given = getattr(cfg, name)
+        if given and Path(given).resolve() == out.with_suffix(".json").resolve():
+            raise L2CError(f"output {out} would write its record {out.with_suffix('.json')} over the {name} file it "
+                           f"reads; choose another output name")
     if out.exists() and out.with_suffix(".json").exists() and _sidecar_config(out) == asdict(cfg):
         log.info("%s is complete for this configuration; nothing to do", out)
         return out

@@ -46,6 +46,7 @@ class RouterConfig:
     nfe: int = 20
     lam: float = 1e-3  # lambda of Eq. 9 (per sub-layer penalty)
     objective: str = "cache"  # cache (L2C) | drop (learning-to-drop) | trajectory (HarmoniCa-style, image-free)
+    trajectory_loss: str = "x0"  # trajectory objective: x0 (per-step predicted-x0 error) | final (final-image error)
     steps: int = 2000
     batch_size: int = 64
     lr: float = 1e-3
@@ -83,6 +84,8 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
         raise L2CError(f"objective {cfg.objective!r}: expected one of {OBJECTIVES}")
     if cfg.objective == "trajectory" and cfg.sampler != "ddim":
         raise L2CError("the trajectory objective is implemented for the ddim sampler")
+    if cfg.trajectory_loss not in ("x0", "final"):
+        raise L2CError(f"trajectory_loss {cfg.trajectory_loss!r}: expected x0 or final")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -250,13 +253,18 @@ def _trajectory_iteration(model, engine, beta, cfg, diffusion, coef, ts, gen) ->
     sees the cache errors of the steps before it; soft caches of any age via ``mix-update``). Loss =
     mean over steps k >= 1 of ||x0_student(k) - x0_teacher(k)||^2 (the predicted clean image, a proxy
     of the final-image error) + lambda * mean_k sum_j sigmoid(beta[k][j]). States are detached
-    between steps (truncated backpropagation), so each step's graph is freed after its backward."""
+    between steps (truncated backpropagation), so each step's graph is freed after its backward.
+    ``cfg.trajectory_loss == "final"``: the loss is the final image's error ||x_student - x_teacher||^2
+    + the same penalty, backpropagated through the whole student trajectory (the states are not
+    detached; the cached values are), in one backward at the end."""
     C, B, n, dev = model.in_channels, cfg.batch_size, cfg.nfe, beta.device
     depth = beta.shape[1] // 2
     x = torch.randn(B, C, model.input_size, model.input_size, generator=gen).to(dev)
     y = _drop_labels(torch.randint(model.num_classes, (B,), generator=gen), model.num_classes, cfg.label_dropout, gen).to(dev)
     xs = xt = x
+    final = cfg.trajectory_loss == "final"
     tot_loss = tot_mse = 0.0
+    penalty = 0.0
     for k in range(n):
         i = n - 1 - k
         t = ts[i].expand(B)
@@ -268,12 +276,20 @@ def _trajectory_iteration(model, engine, beta, cfg, diffusion, coef, ts, gen) ->
         else:
             r = _reuse_weights(beta[k], cfg).reshape(depth, 2)
             xs_next, x0_s = diffusion.ddim_step(xs, engine(model, xs, t, y, step=k, mode="mix-update", mix=r)[:, :C], i, coef)
-            mse = (x0_s - x0_t).pow(2).mean()
-            loss = (mse + cfg.lam * torch.sigmoid(beta[k]).sum()) / (n - 1)
-            loss.backward()
-            tot_loss += loss.item()
-            tot_mse += mse.item() / (n - 1)
-        xs, xt = xs_next.detach(), xt_next
+            if final:
+                penalty = penalty + cfg.lam * torch.sigmoid(beta[k]).sum() / (n - 1)
+            else:
+                mse = (x0_s - x0_t).pow(2).mean()
+                loss = (mse + cfg.lam * torch.sigmoid(beta[k]).sum()) / (n - 1)
+                loss.backward()
+                tot_loss += loss.item()
+                tot_mse += mse.item() / (n - 1)
+        xs, xt = (xs_next if final else xs_next.detach()), xt_next
+    if final:
+        mse = (xs - xt).pow(2).mean()
+        loss = mse + penalty
+        loss.backward()
+        tot_loss, tot_mse = loss.item(), mse.item()
     engine.cache.clear()
     return tot_loss, tot_mse
 

@@ -69,6 +69,10 @@ def test_bad_inputs_leave_nothing(tiny_ckpt, tmp_path):
     generate(cfg(tiny_ckpt), tmp_path / "y.npz", shards=(0, 1), progress=False)
     with pytest.raises(L2CError, match="different configuration \\(differs in \\['nfe'\\]\\)"):
         generate(cfg(tiny_ckpt, nfe=5), tmp_path / "y.npz", progress=False)
+    CacheSchedule.full(4, 4).save(tmp_path / "same.json")
+    with pytest.raises(L2CError, match="over the schedule file it reads"):
+        generate(cfg(tiny_ckpt, schedule=str(tmp_path / "same.json")), tmp_path / "same.npz", progress=False)
+    assert CacheSchedule.load(tmp_path / "same.json").nfe == 4
     with pytest.raises(L2CError, match="SD VAE .* not found locally.*huggingface-cli download"):
         generate(cfg(tiny_ckpt, vae=str(tmp_path / "no-vae")), tmp_path / "z.npz", progress=False)
 

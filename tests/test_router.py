@@ -236,3 +236,27 @@ def test_router_device_and_random_data_errors(tiny_ckpt, tmp_path):
     assert torch.equal(d.x, load_dataset("random:1x8x8:10:32").x)  # seeded
     with pytest.raises(L2CError, match=r"random:CxHxW:CLASSES"):
         load_dataset("random:8x8:10")
+
+
+def test_trajectory_final_loss_reaches_every_step(tiny_ckpt):
+    """The final-image variant backpropagates through the whole student trajectory: the router logits
+    of the first cache step get a gradient from the last image's error alone (lambda 0)."""
+    from l2c.cache import CacheEngine
+    from l2c.diffusion import Diffusion
+    from l2c.router import _trajectory_iteration
+    m = load_model(tiny_ckpt)
+    diff = Diffusion.create(5)
+    grads = {}
+    for loss in ("x0", "final"):
+        cfg = RouterConfig(objective="trajectory", trajectory_loss=loss, nfe=5, lam=0.0, batch_size=3)
+        beta = torch.zeros(5, 8, requires_grad=True)
+        engine = CacheEngine(m)
+        with engine.installed():
+            _, mse = _trajectory_iteration(m, engine, beta, cfg, diff, diff.ddim_coefficients("cpu"), diff.model_timesteps(),
+                                           torch.Generator().manual_seed(0))
+        assert mse > 0
+        grads[loss] = beta.grad.clone()
+    assert grads["final"][1].abs().sum() > 0 and grads["final"][0].abs().sum() == 0  # step 0 never reuses
+    assert not torch.allclose(grads["final"], grads["x0"])
+    with pytest.raises(L2CError, match="trajectory_loss 'img'"):
+        train_router(RouterConfig(objective="trajectory", trajectory_loss="img"), "/nonexistent", progress=False)
