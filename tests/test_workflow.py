@@ -124,7 +124,7 @@ def test_paper_dry_run_with_dummy_files(tmp_path):
                 Path(s["official_router"]).touch()
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(cfg))
     jobs, _ = dry_run(tmp_path, configfiles=(tmp_path / "paper.yaml",))
-    assert sum(jobs.values()) == 432
+    assert sum(jobs.values()) == 477
 
 
 def test_overlay_adds_a_model_row(tmp_path):
@@ -144,7 +144,7 @@ def test_overlay_adds_a_model_row(tmp_path):
 
 def test_sample_jobs_fan_out(tmp_path):
     jobs, _ = dry_run(tmp_path, config=NO_EMBEDDED + ["sample_jobs=3"])
-    assert jobs["sample_part"] == 3 * 30 and jobs["sample"] == 30
+    assert jobs["sample_part"] == 3 * 45 and jobs["sample"] == 45
 
 
 @pytest.mark.parametrize("overlay, named", [
