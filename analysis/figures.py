@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .tables import HEURISTIC_FAMILIES, best_heuristic, method_label  # noqa: E402
+from .tables import HEURISTIC_FAMILIES, best_heuristic, beyond_cells, method_label  # noqa: E402
 
 STYLE = {  # family -> (label, colour, marker); L2C stands out, heuristics share a muted palette
     "l2c": ("Learning-to-Cache", "#d62728", "o"),
@@ -199,7 +199,8 @@ def fig6_theta(cells_csv: str, model: str, nfe: int, lam: float, label: str):
     df = pd.read_csv(cells_csv)
     d = df[(df["model"] == model) & (df["nfe"] == nfe) & (df["family"] == "l2c") & np.isclose(df["lam"], lam)].sort_values("theta")
     full = df[(df["model"] == model) & (df["nfe"] == nfe) & (df["family"] == "full")]
-    fewer = df[(df["model"] == model) & (df["nfe"] == nfe) & (df["family"] == "fewer")].sort_values("latency_s")
+    fewer = df[(df["model"] == model) & (df["nfe"] == nfe) & (df["family"] == "fewer")
+               & ~df["sweep"].astype(bool)].sort_values("latency_s")  # not the trajectory cells' twins
     scale, unit = macs_unit(df["macs_total"].max())
 
     def prep(f: pd.DataFrame) -> pd.DataFrame:
@@ -276,8 +277,7 @@ def fig8_speedup(cells_csv: str, model: str, nfe: int, label: str):
     both) and the best heuristic at each L2C budget; FID and paired PSNR vs MACs and measured speedup."""
     df = pd.read_csv(cells_csv)
     df = df[(df["model"] == model) & (df["nfe"] == nfe)]
-    fewer = (df["family"] == "fewer") & (~df["sweep"].astype(bool) | df["method"].str.startswith("fewer-traj"))
-    d = df[df["family"].isin(["full", "trajectory"]) | ((df["family"] == "l2c") & ~df["sweep"].astype(bool)) | fewer].copy()
+    d = beyond_cells(df).copy()
     best = best_heuristic(df).assign(family="best")
     d = pd.concat([d, best.groupby(["match"], as_index=False).agg(
         {**{c: "mean" for c in ("speedup_macs", "speedup", "fid", "psnr_db", "psnr_mean_db", "mse")},

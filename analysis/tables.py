@@ -190,7 +190,7 @@ def _in_plan_order(d: pd.DataFrame, *keys: str, order: dict | None = None) -> pd
 
 
 def _main(df: pd.DataFrame) -> pd.Series:
-    """Every cell but the theta-sweep ones (Fig. 6)."""
+    """Every cell but the supplementary ones: theta sweep (Fig. 6), fewer-steps twins of trajectory cells."""
     return ~df["sweep"].astype(bool)
 
 
@@ -272,14 +272,20 @@ def best_heuristic(df: pd.DataFrame) -> pd.DataFrame:
     return h[keep].drop(columns="_psnr")
 
 
+def beyond_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The uncached, trajectory, main-theta L2C and every fewer-steps cell (L2C's and the trajectory
+    routers' twins) of the (model, NFE) pairs that have trajectory cells."""
+    have = df[df["family"] == "trajectory"].set_index(["model", "nfe"]).index
+    at = df.set_index(["model", "nfe"]).index.isin(have)
+    return df[at & (df["family"].isin(["full", "trajectory", "fewer"]) | ((df["family"] == "l2c") & _main(df)))]
+
+
 def beyond(df: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """Trajectory routers beside every L2C cell, the fewer-steps twins of both and the best heuristic at
     each L2C budget, per (model, NFE) sorted by MACs speedup."""
-    have = df[df["family"] == "trajectory"].set_index(["model", "nfe"]).index
-    at = df.set_index(["model", "nfe"]).index.isin(have)
-    fewer = (df["family"] == "fewer") & (_main(df) | df["method"].str.startswith("fewer-traj"))
-    d = df[at & (df["family"].isin(["full", "trajectory"]) | ((df["family"] == "l2c") & _main(df)) | fewer)]
-    d = pd.concat([d, best_heuristic(df[at])])
+    d = beyond_cells(df)
+    have = d.set_index(["model", "nfe"]).index
+    d = pd.concat([d, best_heuristic(df[df.set_index(["model", "nfe"]).index.isin(have)])])
     models = {m: i for i, m in enumerate(dict.fromkeys(d["model"]))}
     d = d.assign(_m=d["model"].map(models), _n=-d["nfe"]).sort_values(["_m", "_n", "speedup_macs", "family"], kind="stable")
     return _select(ours(d), TABLE_COLUMNS["beyond"])

@@ -110,7 +110,8 @@ FD_KEY_STEPS_50 = (0, 1, 2, 3, 5, 10, 15, 25, 35)  # Faster Diffusion's key step
 def fd_key_steps(nfe: int, n_key: int) -> list[int]:
     """``n_key`` key steps, dense early and sparse late as Faster Diffusion chooses them (its DDIM-50
     set is steps 0, 1, 2, 3, 5, 10, 15, 25, 35 in sampling order): the distinct values of
-    round(nfe * (i / K)^2), i < K, for the smallest K giving ``n_key`` of them."""
+    round(nfe * (i / K)^2), i < K, for the smallest K giving at least ``n_key`` of them; when that K
+    gives more, the first ``n_key - 1`` and the last are kept."""
     if not 1 <= n_key <= nfe:
         raise L2CError(f"faster-diffusion: {n_key} key steps do not fit NFE {nfe}")
     for K in range(n_key, 100 * nfe):

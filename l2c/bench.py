@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .cache import CacheSchedule, default_cache_steps
+from .cache import CacheEngine, CacheSchedule, default_cache_steps
 from .io import L2CError, environment_record, write_json
 from .macs import count_model_macs, macs_report
 from .models import create_model, load_model, num_sublayers
@@ -55,8 +55,10 @@ def time_sampling(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *
 
 def run_bench(model: nn.Module, schedule: CacheSchedule, *, nfe: int, sampler: str = "ddim", batch: int = 8,
               cfg_scale: float = 1.5, repeats: int = 5, warmup: int = 1, device: str = "cpu", dtype: str = "fp32",
-              seed: int = 0) -> dict:
-    """Time full and cached sampling alternately (interleaved repeats, so drift hits both alike)."""
+              seed: int = 0, compile: bool = False) -> dict:
+    """Time full and cached sampling alternately (interleaved repeats, so drift hits both alike).
+    ``compile``: both through ``CacheEngine(compile=True)`` engines kept across repeats (the warm-up
+    runs compile every step pattern)."""
     dev = torch.device(device)
     model = model.to(dev).eval()
     in_ch, size = model.in_channels, model.input_size
@@ -65,18 +67,21 @@ def run_bench(model: nn.Module, schedule: CacheSchedule, *, nfe: int, sampler: s
     labels = torch.randint(model.num_classes, (batch,), generator=g).to(dev)
     autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype != "fp32" else nullcontext()
     common = dict(sampler=sampler, nfe=nfe, cfg_scale=cfg_scale, autocast=autocast)
+    plain = dict(common, engine=CacheEngine(model, None, compile=True) if compile else None)
+    cache = dict(common, schedule=schedule, engine=CacheEngine(model, schedule, compile=True) if compile else None)
     full, cached = [], []
-    time_sampling(model, noise, labels, repeats=0, warmup=warmup, **common)
-    time_sampling(model, noise, labels, repeats=0, warmup=warmup, schedule=schedule, **common)
+    time_sampling(model, noise, labels, repeats=0, warmup=warmup, **plain)
+    time_sampling(model, noise, labels, repeats=0, warmup=warmup, **cache)
     for _ in range(repeats):
-        full += time_sampling(model, noise, labels, repeats=1, warmup=0, **common)
-        cached += time_sampling(model, noise, labels, repeats=1, warmup=0, schedule=schedule, **common)
+        full += time_sampling(model, noise, labels, repeats=1, warmup=0, **plain)
+        cached += time_sampling(model, noise, labels, repeats=1, warmup=0, **cache)
     mm = count_model_macs(model, noise[:1], torch.zeros(1, device=dev), labels[:1])
     rep = macs_report(mm, schedule, nfe)
     t_full, t_cached = statistics.median(full), statistics.median(cached)
     measured = t_full / t_cached
     return {
         "nfe": nfe, "sampler": sampler, "batch": batch, "cfg_scale": cfg_scale, "repeats": repeats, "warmup": warmup,
+        "compile": compile,
         "latency_full_s": t_full, "latency_cached_s": t_cached, "latency_full_all_s": full, "latency_cached_all_s": cached,
         "speedup_measured": measured, "speedup_macs_ideal": rep["macs_ideal_speedup"],
         "efficiency": measured / rep["macs_ideal_speedup"], "remove_ratio": rep["remove_ratio"],
@@ -115,9 +120,10 @@ def bench_cli(a: argparse.Namespace) -> dict:
     else:
         schedule = fraction_schedule(a.nfe, depth, a.reuse_fraction if a.reuse_fraction is not None else 0.45, a.sampler)
     res = run_bench(model, schedule, nfe=a.nfe, sampler=a.sampler, batch=a.batch, cfg_scale=a.cfg_scale,
-                    repeats=a.repeats, warmup=a.warmup, device=a.device, dtype=a.dtype)
+                    repeats=a.repeats, warmup=a.warmup, device=a.device, dtype=a.dtype, compile=a.compile)
     env = res["environment"]
-    print(f"model {a.model or a.checkpoint} | {env['device_name']} ({env['device']}) | {a.dtype} | torch {env['torch']} | threads {env['num_threads']} | rev {env['git_revision']}")
+    print(f"model {a.model or a.checkpoint} | {env['device_name']} ({env['device']}) | {a.dtype}"
+          f"{' | torch.compile per step pattern' if a.compile else ''} | torch {env['torch']} | threads {env['num_threads']} | rev {env['git_revision']}")
     print(f"sampler {a.sampler} NFE {a.nfe}, batch {a.batch}, CFG {a.cfg_scale}; schedule {res['schedule_source']} "
           f"(remove ratio {100 * res['remove_ratio']:.2f}% in cache steps)")
     print(f"{'':10s}{'latency (s)':>14s}{'speedup':>10s}")

@@ -203,7 +203,7 @@ class Cell:
     model: str
     nfe: int
     method: str
-    family: str  # full | l2c | fewer | bottom | top | random | metrics | interval | deepcache | faster-diffusion | drop | random-drop | cache-all | cache-all-unshifted | official
+    family: str  # full | l2c | fewer | bottom | top | random | metrics | interval | deepcache | faster-diffusion | drop | random-drop | cache-all | cache-all-unshifted | official | trajectory
     lam: float | None = None
     theta: float | None = None
     seed: int | None = None

@@ -2,8 +2,9 @@
 DPM-Solver-2), measured by the suite's own metric code against the digits reference split (issue 3):
 the FID floor (train split vs reference split), NFE 50 with CFG (IS, FID, sFID, precision, recall,
 label agreement of the digits classifier), and for NFE 20 the caching sensitivity: the uncached
-solver at NFE 20 and 10 and "every sub-layer reused in every cache step", each with FID and the paired fidelity (PSNR, MSE) to the uncached DDIM-20 samples of
-the same seeds, over several sampling seeds (seed-to-seed spread). Also the sampling budget: the
+solver at NFE 20 and 10 and "every sub-layer reused in every cache step", each with FID and the
+paired fidelity (PSNR, MSE) to the uncached NFE-20 samples of the same seeds, over several
+sampling seeds (seed-to-seed spread). Also the sampling budget: the
 wall time of 1,000 samples at NFE 20 with CFG."""
 from __future__ import annotations
 

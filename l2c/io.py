@@ -128,7 +128,8 @@ def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
                     np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
 
 
-OPERATIONAL_KEYS = frozenset({"threads", "ckpt_every", "log_every"})  # may change between resumptions
+# may change between resumptions (random draws come from a CPU generator, so the device may change too)
+OPERATIONAL_KEYS = frozenset({"threads", "ckpt_every", "log_every", "device"})
 
 
 def check_resume(saved: dict, current: dict, path: Path, what: str) -> None:

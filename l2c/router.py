@@ -162,11 +162,11 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 elapsed += time.time() - t0
                 t0 = time.time()
-                save_torch({"format": "l2c-suite/router-state", "config": asdict(cfg), "beta": beta.detach().clone(),
+                save_torch({"format": "l2c-suite/router-state", "config": asdict(cfg), "beta": beta.detach().cpu().clone(),
                             "opt": opt.state_dict(), "rng": gen.get_state(), "step": step, "elapsed": elapsed}, ckpt)
     bar.close()
     log_f.close()
-    router = {"format": ROUTER_FORMAT, "beta": beta.detach().clone(), "nfe": cfg.nfe, "sampler": cfg.sampler,
+    router = {"format": ROUTER_FORMAT, "beta": beta.detach().cpu().clone(), "nfe": cfg.nfe, "sampler": cfg.sampler,
               "cache_steps": cache_steps, "objective": cfg.objective, "lam": cfg.lam, "depth": depth,
               "checkpoint": cfg.checkpoint, "steps": step}
     save_torch(router, out / "router.pt")

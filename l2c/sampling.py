@@ -38,8 +38,11 @@ def guided_model_fn(model: nn.Module, engine: CacheEngine, labels: torch.Tensor,
 @torch.no_grad()
 def sample(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "ddim", nfe: int,
            cfg_scale: float = 1.0, schedule: Optional[CacheSchedule] = None, cfg_channels: int | None = None,
-           callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None) -> torch.Tensor:
-    """Generate from ``noise`` (N, C, H, W) for ``labels`` (N,) with ``nfe`` model evaluations."""
+           callback: Optional[Callable[[int, torch.Tensor, torch.Tensor], None]] = None,
+           engine: Optional[CacheEngine] = None) -> torch.Tensor:
+    """Generate from ``noise`` (N, C, H, W) for ``labels`` (N,) with ``nfe`` model evaluations.
+    ``engine``: a ``CacheEngine`` of this model and schedule to reuse across calls (e.g. one built with
+    ``compile=True``, whose compiled step patterns then serve every batch); default: a fresh one."""
     if sampler not in SAMPLERS:
         raise L2CError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
     if noise.shape[0] != labels.shape[0]:
@@ -49,7 +52,10 @@ def sample(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *, sampl
         if schedule.sampler.split("-")[0] != sampler:
             raise L2CError(f"schedule ({schedule.source}) was made for sampler {schedule.sampler!r}, not {sampler!r}: "
                            "its cache steps differ (DPM-Solver-2 needs shifted cache steps); make one for this sampler")
-    engine = CacheEngine(model, schedule)
+    if engine is None:
+        engine = CacheEngine(model, schedule)
+    elif engine.model is not model or engine.schedule is not schedule:
+        raise L2CError("the engine passed to sample() was built for another model or schedule")
     with engine.installed():
         if sampler == "ddim":
             fn = guided_model_fn(model, engine, labels, cfg_scale, cfg_channels)

@@ -88,6 +88,9 @@ def vae_from_ldm_state_dict(sd: dict, source: str) -> nn.Module:
     except KeyError as e:
         raise L2CError(f"autoencoder weights {source}: LDM layout without {e}") from None
     converted = convert_ldm_vae_checkpoint(sd, vae.config)
+    if len(converted) != len(sd):  # the converter maps keys one to one and skips those it does not know
+        raise L2CError(f"autoencoder weights {source}: {len(sd) - len(converted)} of its {len(sd)} tensors have no place "
+                       "in the SD KL-f8 autoencoder (not an LDM KL autoencoder?)")
     missing, unexpected = vae.load_state_dict(converted, strict=False)
     if missing or unexpected:
         raise L2CError(f"autoencoder weights {source}: do not fit the SD KL-f8 autoencoder "
@@ -123,11 +126,17 @@ def encode_latents(data: str, out: str | os.PathLike, vae: str | nn.Module, *, i
     ds = load_dataset(data, image_size=image_size)
     n = len(ds) if limit is None else min(limit, len(ds))
     dev = torch.device(device)
+    run = {"data": data, "image_size": image_size, "mode": mode, "seed": seed, "count": n, "shard_size": shard_size,
+           "vae": vae if isinstance(vae, str) else "(module)"}
+    record = out.with_suffix(".json")
+    if out.exists() and record.exists() and isinstance(vae, str):
+        done = read_json(record)
+        if {k: done.get(k) for k in run} == run:
+            log.info("%s is complete for this configuration; nothing to do", out)
+            return out
     model = load_vae(vae, dev) if isinstance(vae, str) else vae.to(dev).eval()
     shards = out.with_name(out.name + ".shards")
     shards.mkdir(parents=True, exist_ok=True)
-    run = {"data": data, "image_size": image_size, "mode": mode, "seed": seed, "count": n, "shard_size": shard_size,
-           "vae": vae if isinstance(vae, str) else "(module)"}
     if (shards / "config.json").exists():
         check_resume(read_json(shards / "config.json"), run, shards, "latent shard folder")
     else:
@@ -160,6 +169,6 @@ def encode_latents(data: str, out: str | os.PathLike, vae: str | nn.Module, *, i
     bar.close()
     parts = [np.load(shards / f"{s:09d}.npz") for s in starts]
     write_npz(out, latents=np.concatenate([p["latents"] for p in parts]), labels=np.concatenate([p["labels"] for p in parts]))
-    write_json(out.with_suffix(".json"), {**run, "scale": SD_VAE_SCALE, "environment": environment_record(dev)})
+    write_json(record, {**run, "scale": SD_VAE_SCALE, "environment": environment_record(dev)})
     shutil.rmtree(shards)
     return out

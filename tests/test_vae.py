@@ -66,6 +66,10 @@ def test_ldm_layout_file_loads_into_the_same_autoencoder(tmp_path):
     torch.save(ldm, tmp_path / "broken.pth")
     with pytest.raises(L2CError, match=r"broken.pth: do not fit .*missing"):
         load_vae(str(tmp_path / "broken.pth"))
+    extra = dict(to_ldm_layout(ref.state_dict(), levels=2), **{"encoder.extra_head.weight": torch.zeros(3)})
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(L2CError, match="1 of its .* tensors have no place"):
+        load_vae(str(tmp_path / "extra.pth"))
     torch.save(ref.state_dict(), tmp_path / "diffusers_keys.pth")
     with pytest.raises(L2CError, match="not in the LDM layout"):
         load_vae(str(tmp_path / "diffusers_keys.pth"))
@@ -96,6 +100,9 @@ def test_encode_latents_resumes_and_is_batch_independent(tmp_path, monkeypatch):
     # per-image seeded noise: the batch size changes only float rounding in the convolutions
     np.testing.assert_allclose(np.load(c)["latents"], np.load(a)["latents"], rtol=1e-5, atol=1e-6)
     assert not (tmp_path / "a.npz.shards").exists()
+    stamp = a.stat().st_mtime_ns  # a complete output of the same settings is not encoded again
+    assert encode_latents(spec, a, str(tmp_path / "vae"), image_size=8, batch_size=2, shard_size=2, progress=False) == a
+    assert a.stat().st_mtime_ns == stamp
     data = load_dataset(f"latents:{a}")
     assert data.x.shape == (6, 4, 4, 4) and data.y.tolist() == [0, 0, 0, 1, 1, 1]
     # the posterior mean, scaled

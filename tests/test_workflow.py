@@ -279,3 +279,29 @@ def test_tables_put_paper_values_beside_paper_cells():
     assert set(t3["method"]) >= {"DeepCache-style", "Faster-Diffusion-style", "L2C", "DPM-Solver-2"}
     assert t3.loc[t3["method"] != "Interval caching (FORA-style)", "paper FID"].notna().all()  # the paper has no interval row
     assert got["table2"]["paper FID"].notna().all()
+
+
+def test_best_heuristic_and_beyond_rows():
+    """The best heuristic at each L2C budget is the family with the highest mean paired PSNR (seeded
+    families averaged over seeds); the beyond table keeps the trajectory cells and every fewer twin."""
+    from analysis import tables as T
+    base = dict(model="m", model_label="m", paper_model=None, sampler="ddim", nfe=20, nfe_sampled=20, theta=0.1, lam=1e-4,
+                sweep=False, match="l2c-a", num_reused=10, cache_sublayers=20, macs_total=1e9, backend="digits",
+                feature_extractor="x", fid=3.0, latency_s=1.0, speedup=1.0, sfid=4.0, precision=0.9, recall=0.5,
+                mse=1e-3, remove_ratio=0.5, remove_ratio_attn=0.5, remove_ratio_mlp=0.5, router_steps=1, router_train_s=1.0,
+                **{"is": 9.0})
+    rows = [dict(base, method="top", family="top", seed=None, psnr_db=39.0, speedup_macs=1.4),
+            dict(base, method="random-s0", family="random", seed=0, psnr_db=41.0, speedup_macs=1.4),
+            dict(base, method="random-s1", family="random", seed=1, psnr_db=36.0, speedup_macs=1.4),  # mean 38.5 < 39
+            dict(base, method="metrics", family="metrics", seed=None, psnr_db=38.0, speedup_macs=1.4),
+            dict(base, method="bottom-b", family="bottom", seed=None, psnr_db=30.0, match="l2c-b", speedup_macs=1.8),
+            dict(base, method="full", family="full", seed=None, psnr_db=None, match=None, speedup_macs=1.0),
+            dict(base, method="l2c-a", family="l2c", seed=None, psnr_db=42.0, match=None, speedup_macs=1.4),
+            dict(base, method="traj", family="trajectory", seed=None, psnr_db=35.0, match=None, speedup_macs=2.4),
+            dict(base, method="fewer-traj", family="fewer", seed=None, psnr_db=30.0, match="traj", sweep=True, speedup_macs=2.4),
+            dict(base, method="l2c-a-th0.5", family="l2c", seed=None, psnr_db=40.0, match=None, sweep=True, speedup_macs=1.5)]
+    df = pd.DataFrame(rows)
+    best = T.best_heuristic(df)
+    assert sorted(best["method"]) == ["bottom-b", "top"]
+    got = T.beyond(df, T.read_paper())
+    assert list(got["family"]) == ["full", "l2c", "top", "bottom", "fewer", "trajectory"]  # by MACs speedup, then family
