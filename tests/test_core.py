@@ -348,6 +348,8 @@ def test_cli_macs_json(capsys):
     assert "unknown model name" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not any(__import__("shutil").which(c) for c in ("g++", "clang++", "c++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_path_equals_eager_and_compiles_once_per_pattern():
     """The opt-in torch.compile path (CacheEngine(compile=True)): same samples as eager up to kernel
     rounding, the same branch evaluations, one graph per distinct step pattern (not per step), and a
