@@ -34,6 +34,20 @@ def inputs(n: int = 3, ch: int = 2, seed: int = 1):
     return torch.randn(n, ch, 8, 8, generator=g), torch.randint(5, (n,), generator=g)
 
 
+def assert_close_fp32_reassociation(out: torch.Tensor, ref: torch.Tensor, model: nn.Module, nfe: int) -> None:
+    """Compiled vs eager fp32: kernels may sum in another order (fused, vectorised, blocked), so each
+    dot product of length K can differ by about K * eps32 relative to its magnitude, and a sampler
+    carries such differences through every block of every step. The bound is that worst case,
+    ``eps32 * K * depth * nfe``, taken relative to the output's largest magnitude (element-wise
+    relative bounds fail on outputs near zero). It still catches any real difference: a wrong branch
+    or a skipped block moves the samples by O(1) of their scale, orders of magnitude above it."""
+    eps = torch.finfo(torch.float32).eps
+    width = max(p.shape[-1] for p in model.parameters() if p.dim() == 2)
+    bound = eps * width * len(model.blocks) * nfe
+    err = ((out - ref).abs().max() / ref.abs().max()).item()
+    assert err <= bound, f"compiled vs eager: max |diff| / max |ref| = {err:.3g} > {bound:.3g}"
+
+
 # -- models ---------------------------------------------------------------------------------------
 
 def test_official_sizes_and_keys():
@@ -367,12 +381,12 @@ def test_compiled_path_equals_eager_and_compiles_once_per_pattern():
     torch._dynamo.reset()
     fast = CacheEngine(m, sched, compile=True)
     out = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=sched, engine=fast)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert_close_fp32_reassociation(out, ref, m, nfe)
     assert (fast.calls == eager.calls).all() and len(fast._compiled) == 2
     graphs = counters["stats"]["unique_graphs"]
     out2 = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=sched, engine=fast)
     assert counters["stats"]["unique_graphs"] == graphs and torch.equal(out2, out)
     plain = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=CacheEngine(m, None, compile=True))
-    torch.testing.assert_close(plain, sample(m, noise, labels, nfe=nfe, cfg_scale=1.5), rtol=1e-4, atol=1e-5)
+    assert_close_fp32_reassociation(plain, sample(m, noise, labels, nfe=nfe, cfg_scale=1.5), m, nfe)
     with pytest.raises(L2CError, match="built for another model or schedule"):
         sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=fast)
