@@ -1,0 +1,161 @@
+"""Roofline of the sampling path on this machine: how close cached and uncached sampling of the
+embedded models run to this machine's own matrix-multiply rate, in one run.
+
+    python benchmarks/roofline.py                      # threads 1 and 2, eager and compiled, both models
+    python benchmarks/roofline.py --threads 1 --no-compile --batch 64 --nfe 4   # a quick look
+
+For each model (the committed digits DiT and U-ViT) and thread count it measures
+- the sgemm rate at the model's own linear shapes: every ``nn.Linear`` of one forward at the
+  sampling batch (CFG doubles it) is timed alone as ``F.linear`` on random inputs of its shape, and
+  the rate is the FLOPs of all of them over their summed time (the reference a perfect
+  implementation of the model's linear layers would reach);
+- the model FLOP rate of uncached and cached sampling (the cached schedule: the workflow's
+  L2C-like budget, a seeded random 45 % of the sub-layers reused in every cache step), eager and
+  through the compiled path (``CacheEngine(compile=True)``, compile warm-up excluded and printed).
+Model FLOPs: 2 x the MACs actually computed, in two conventions printed side by side: ``linear``
+(the thop convention of the paper's MACs column: Linear/Conv layers only) and ``all`` (plus the
+attention matmuls, 2 x tokens^2 x width per attention layer). The ratio column is model rate /
+sgemm rate in the ``linear`` convention: the share of the machine's matmul rate that sampling turns
+into the layers the paper counts. Prints device, threads, dtype, torch version and git revision;
+``--json`` writes every number."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from l2c.bench import fraction_schedule
+from l2c.cache import CacheEngine
+from l2c.generate import EMBEDDED_DIR
+from l2c.io import environment_record, write_json
+from l2c.macs import count_model_macs, macs_report
+from l2c.models import load_model, num_sublayers
+from l2c.sampling import sample
+
+MODELS = {"dit": ("dit-digits.pt", "ddim"), "uvit": ("uvit-digits.pt", "dpm2")}
+
+
+def linear_shapes(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> list[tuple[int, int, int, bool]]:
+    """(rows, in_features, out_features, bias) of every Linear call in one forward."""
+    shapes: list[tuple[int, int, int, bool]] = []
+
+    def hook(m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        shapes.append((args[0].numel() // m.in_features, m.in_features, m.out_features, m.bias is not None))
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(x, t, y)
+    finally:
+        for h in hs:
+            h.remove()
+    return shapes
+
+
+def attention_macs(model: nn.Module, tokens: int) -> int:
+    """MACs of the attention matmuls (QK^T and AV) of one forward for one image."""
+    total = 0
+    for m in model.modules():
+        qkv = getattr(m, "qkv", None)
+        if isinstance(qkv, nn.Linear):
+            total += 2 * tokens * tokens * (qkv.out_features // 3)
+    return total
+
+
+def time_it(fn: Any, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def sgemm_rate(shapes: list[tuple[int, int, int, bool]], repeats: int) -> float:
+    """FLOP/s of F.linear over the given shapes (each distinct shape timed once, weighted by count)."""
+    counts: dict[tuple, int] = {}
+    for s in shapes:
+        counts[s] = counts.get(s, 0) + 1
+    flops = secs = 0.0
+    for (rows, k, n, bias), c in counts.items():
+        a, w = torch.randn(rows, k), torch.randn(n, k)
+        b = torch.randn(n) if bias else None
+        secs += c * time_it(lambda: F.linear(a, w, b), repeats)
+        flops += c * 2.0 * rows * k * n
+    return flops / secs
+
+
+def sampling_rate(model: nn.Module, sampler: str, nfe: int, batch: int, schedule: Any, compile: bool,
+                  repeats: int) -> tuple[float, float]:
+    """(median seconds of one sampling run, seconds of the first run incl. any compilation)."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g)
+    labels = torch.randint(model.num_classes, (batch,), generator=g)
+    engine = CacheEngine(model, schedule, compile=True) if compile else None
+    kw = dict(sampler=sampler, nfe=nfe, cfg_scale=1.5, schedule=schedule, engine=engine)
+    t0 = time.perf_counter()
+    sample(model, noise, labels, **kw)
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sample(model, noise, labels, **kw)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), first
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batch", type=int, default=250, help="images per sampling batch (the workflow's: 250)")
+    ap.add_argument("--nfe", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-compile", action="store_true", help="eager only")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    rows = []
+    for threads in a.threads:
+        torch.set_num_threads(threads)
+        env = environment_record("cpu", "fp32")
+        print(f"\n{env['device_name']} | threads {threads} | fp32 | torch {env['torch']} | rev {env['git_revision']} | "
+              f"batch {a.batch} (x2 CFG), NFE {a.nfe}")
+        print(f"{'model':6s}{'path':10s}{'schedule':10s}{'seconds':>9s}{'GFLOP/s lin':>13s}{'GFLOP/s all':>13s}"
+              f"{'sgemm GFLOP/s':>15s}{'ratio':>8s}{'1st run s':>11s}")
+        for key in a.models:
+            file, sampler = MODELS[key]
+            model = load_model(EMBEDDED_DIR / file).eval()
+            x = torch.zeros(2 * a.batch, model.in_channels, model.input_size, model.input_size)
+            t, y = torch.zeros(2 * a.batch), torch.zeros(2 * a.batch, dtype=torch.long)
+            shapes = linear_shapes(model, x, t, y)
+            peak = sgemm_rate(shapes, a.repeats + 1)
+            mm = count_model_macs(model, x[:1], t[:1], y[:1])
+            tokens = (model.input_size // model.patch_size) ** 2 + getattr(model, "extras", 0)
+            attn = attention_macs(model, tokens)
+            depth = num_sublayers(model) // 2
+            for sched_name, sched in (("full", None), ("cached", fraction_schedule(a.nfe, depth, 0.45, sampler))):
+                rep = macs_report(mm, sched, a.nfe)
+                # attention matmuls skipped with their branch in cache steps
+                attn_total = attn * a.nfe - (attn / depth) * (0 if sched is None else int((~sched.compute[:, :, 0]).sum()))
+                for path in (["eager"] if a.no_compile else ["eager", "compiled"]):
+                    secs, first = sampling_rate(model, sampler, a.nfe, a.batch, sched, path == "compiled", a.repeats)
+                    lin = 2.0 * rep["macs_total"] * 2 * a.batch / secs
+                    allf = lin + 2.0 * attn_total * 2 * a.batch / secs
+                    row = {"model": key, "threads": threads, "path": path, "schedule": sched_name, "seconds": secs,
+                           "first_run_s": first, "gflops_linear": lin / 1e9, "gflops_all": allf / 1e9,
+                           "sgemm_gflops": peak / 1e9, "ratio": lin / peak, "batch": a.batch, "nfe": a.nfe,
+                           "sampler": sampler, "environment": env}
+                    rows.append(row)
+                    print(f"{key:6s}{path:10s}{sched_name:10s}{secs:9.3f}{lin / 1e9:13.1f}{allf / 1e9:13.1f}"
+                          f"{peak / 1e9:15.1f}{lin / peak:8.2f}{first:11.2f}", flush=True)
+    if a.json:
+        write_json(a.json, {"rows": rows})
+
+
+if __name__ == "__main__":
+    main()

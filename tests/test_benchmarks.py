@@ -1,0 +1,46 @@
+"""The benchmark scripts run (tiny settings; their numbers are not checked: speed is measured by
+running them, never by tests), and the plan given to the authors' model is the schedule's."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from l2c.cache import CacheSchedule
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_roofline_runs_and_reports_ratios(tmp_path):
+    out = tmp_path / "roofline.json"
+    r = subprocess.run([sys.executable, str(BENCH / "roofline.py"), "--threads", "1", "--batch", "2", "--nfe", "2",
+                        "--repeats", "1", "--no-compile", "--models", "dit", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["schedule"], row["path"]) for row in rows] == [("full", "eager"), ("cached", "eager")]
+    for row in rows:
+        assert row["sgemm_gflops"] > 0 and row["ratio"] == row["gflops_linear"] / row["sgemm_gflops"]
+        assert row["gflops_all"] > row["gflops_linear"]  # attention matmuls on top of the linear layers
+        assert {"torch", "git_revision", "num_threads", "device"} <= set(row["environment"])
+    assert "sgemm GFLOP/s" in r.stdout and "rev " in r.stdout
+
+
+def test_vs_official_plan_is_the_schedule():
+    sys.path.insert(0, str(BENCH))
+    from vs_official import install_plan
+    nfe, depth = 6, 3
+    flat = np.ones((nfe, 2 * depth), bool)
+    flat[1, [0, 3]] = False
+    flat[3, :] = False
+    sched = CacheSchedule.from_mask(flat, [1, 3, 5])
+    theirs = SimpleNamespace()
+    timestep_map = [0, 200, 400, 600, 800, 999]
+    install_plan(theirs, sched, timestep_map)
+    assert theirs.timestep_map == {t: i for i, t in enumerate(timestep_map)}
+    # router index i = NFE-1-k; computed flat indices at cache steps, None elsewhere (full recompute)
+    assert [None if r is None else r.tolist() for r in theirs.rank] == [[0, 1, 2, 3, 4, 5], None, [], None, [1, 2, 4, 5], None]
