@@ -112,6 +112,7 @@ class DiTBlock(nn.Module):
     """Transformer block with adaLN-Zero conditioning; two cacheable branches (attention, MLP)."""
 
     branch_modules = {"attn": ("attn",), "mlp": ("mlp",)}  # which submodules each branch runs (for MACs)
+    signal_modules = ("adaLN_modulation",)  # submodules ``cache_signal`` runs (for MACs)
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
@@ -128,6 +129,12 @@ class DiTBlock(nn.Module):
     def mlp_branch(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Pre-gate MLP branch output (what Learning-to-Cache caches)."""
         return self.mlp(modulate(self.norm2(x), shift, scale))
+
+    def cache_signal(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The timestep-modulated input of the attention branch, ``modulate(norm1(x), shift, scale)``:
+        the signal run-time caching policies (TeaCache) read. Not used by ``forward``."""
+        shift_msa, scale_msa = self.adaLN_modulation(c).chunk(6, dim=1)[:2]
+        return modulate(self.norm1(x), shift_msa, scale_msa)  # (N, T, D)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)

@@ -44,6 +44,7 @@ class UViTBlock(nn.Module):
     """Pre-norm transformer block with an optional long-skip merge (out-blocks)."""
 
     branch_modules = {"attn": ("attn",), "mlp": ("mlp",)}  # submodules each cacheable branch runs (MACs)
+    signal_modules = ()  # submodules ``cache_signal`` runs (MACs): none with weights counted (LayerNorm only)
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False, skip: bool = False):
         super().__init__()
@@ -60,6 +61,12 @@ class UViTBlock(nn.Module):
     def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
         """MLP branch output before the residual add (cacheable)."""
         return self.mlp(self.norm2(x))
+
+    def cache_signal(self, x: torch.Tensor, *_: Any) -> torch.Tensor:
+        """``norm1(x)`` over every token, the label and time tokens included: U-ViT has no adaLN, so
+        this is the input of the first attention branch that carries the timestep (through the time
+        token); the signal run-time caching policies (TeaCache) read. Not used by ``forward``."""
+        return self.norm1(x)  # (N, extras + T, D)
 
     def merge_skip(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
         """Long-skip merge of an out-block (identity for in/mid blocks)."""

@@ -1,0 +1,50 @@
+"""The field's caching methods beside Learning-to-Cache, in one composable engine.
+
+``build_engine(model, "taylorseer", nfe=50, params={"interval": 3, "order": 3})`` returns a
+``MethodEngine`` that ``l2c.sampling.sample(model, noise, labels, nfe=..., engine=engine)`` runs;
+``engine.calls`` then holds the MACs and decisions of every model call and
+``engine.recorded_plan()`` the static plan that replays the run. Methods: see ``FAMILIES`` and
+docs/methods.md. The static L2C engine stays in ``l2c.cache``."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ..io import L2CError, read_json
+from . import methods  # noqa: F401  (registers the families)
+from .engine import (ACTION_CHARS, COMPUTE, FORECAST, REUSE, TOKENS, AccumulatedChange, Guards, MacsTable, MethodEngine,
+                     Plan, Policy, ResidualChange, ResidualUnit, macs_table, taylor_forecast)
+from .registry import FAMILIES, SAMPLERS, Context, Family, get_family, register, resolve_params
+
+
+def build_engine(model: nn.Module, method: str, *, nfe: int, sampler: str = "ddim", params: dict[str, Any] | None = None,
+                 calibration: dict[str, Any] | str | None = None,
+                 observer: Callable[[int, int, int, int, torch.Tensor], None] | None = None) -> MethodEngine:
+    """A ``MethodEngine`` running ``method`` (a registered family, or ``"plan"`` with
+    ``params={"plan": PATH}`` to replay a recorded plan) on ``model`` for ``nfe`` evaluations."""
+    if sampler not in SAMPLERS:
+        raise L2CError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
+    if method == "plan":
+        path = (params or {}).get("plan")
+        if not path:
+            raise L2CError("method plan needs params={'plan': PATH} (a plan recorded by a run)")
+        plan = Plan.from_dict(read_json(path), str(path))
+        if plan.nfe != nfe:
+            raise L2CError(f"plan {path} has {plan.nfe} steps but sampling uses NFE {nfe}")
+        positions = (params or {}).get("positions")
+        return MethodEngine(model, plan, None, positions, observer)
+    fam = get_family(method)
+    if hasattr(model, "cache_blocks") and not fam.uvit:
+        raise L2CError(f"method {method} does not apply to U-ViT (see docs/methods.md)")
+    if isinstance(calibration, str):
+        calibration = read_json(calibration)
+    ctx = Context(model, nfe, sampler, calibration)
+    plan, policy, positions = fam.build(ctx, resolve_params(fam, params))
+    return MethodEngine(model, plan, policy, positions, observer)
+
+
+__all__ = ["ACTION_CHARS", "AccumulatedChange", "COMPUTE", "Context", "FAMILIES", "FORECAST", "Family", "Guards",
+           "MacsTable", "MethodEngine", "Plan", "Policy", "REUSE", "ResidualChange", "ResidualUnit", "TOKENS",
+           "build_engine", "get_family", "macs_table", "register", "resolve_params", "taylor_forecast"]
