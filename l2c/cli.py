@@ -62,6 +62,10 @@ def cmd_pretrain(a: argparse.Namespace) -> None:
 
 @command("macs")
 def cmd_macs(a: argparse.Namespace) -> None:
+    if getattr(a, "method", None):
+        from .caching.cli import macs_cli
+        macs_cli(a)
+        return
     from .macs import macs_for
     rep = macs_for(a.model, image_size=a.image_size, sampler=a.sampler, nfe=a.nfe, router=a.router, theta=a.theta,
                    schedule=a.schedule, latent=not a.pixel, in_channels=a.in_channels, num_classes=a.num_classes)
@@ -192,8 +196,18 @@ def cmd_embedded_report(a: argparse.Namespace) -> None:
     _print_json({k: rep[k] for k in ("floor_train_vs_reference", main, "caching_sensitivity_summary", "sampling_wall_s_1000_nfe20_cfg")})
 
 
+@command("calibrate")
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from .caching.cli import run_calibrate
+    run_calibrate(a)
+
+
 @command("bench")
 def cmd_bench(a: argparse.Namespace) -> None:
+    if getattr(a, "method", None):
+        from .caching.cli import bench_method
+        bench_method(a)
+        return
     from .bench import bench_cli
     bench_cli(a)
 
@@ -220,6 +234,7 @@ def _schedule_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .caching.cli import add_calibrate_parser, add_method_args
     ap = argparse.ArgumentParser(prog="l2c", description=__doc__)
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -242,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", default="ddim", choices=["ddim", "dpm2"])
     p.add_argument("--nfe", type=int, required=True)
     _schedule_args(p)
+    add_method_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("sample", help="generate one cell's samples as an ADM .npz (sharded, resumable)")
@@ -364,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time the torch.compile path (one graph per step pattern; the warm-up runs compile)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the result to this JSON file")
+    add_method_args(p)
+
+    add_calibrate_parser(sub)
 
     p = sub.add_parser("encode-latents", help="encode an image data set once with the SD autoencoder (latents:PATH.npz)")
     p.add_argument("--data", required=True, help="folder:PATH (ImageNet-style class folders)")

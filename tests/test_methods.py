@@ -355,3 +355,36 @@ def test_every_family_is_documented_and_builds(dit):
     assert {"taylorseer", "teacache", "fbcache", "dbcache", "toca", "smoothcache", "delta-dit"} <= set(FAMILIES)
     for name, fam in FAMILIES.items():
         assert set(fam.doc) == set(fam.defaults), name
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+
+def test_cli_macs_method_matches_published_taylorseer_speedups(capsys):
+    from l2c.cli import main
+    for n, published in ((3, 2.77), (5, 4.53)):  # TaylorSeer README, DiT-XL/2 DDIM-50 (FLOPs)
+        assert main(["macs", "--model", "DiT-XL/2", "--nfe", "50", "--method", "taylorseer",
+                     "--method-params", json.dumps({"interval": n, "order": 3}), "--json"]) == 0
+        rep = json.loads(capsys.readouterr().out)
+        assert abs(rep["macs_ideal_speedup"] - published) < 0.03
+    assert main(["macs", "--model", "DiT-XL/2", "--nfe", "50", "--method", "teacache"]) == 2
+    assert "decides at run time" in capsys.readouterr().err
+    assert main(["macs", "--model", "DiT-XL/2", "--nfe", "50", "--method", "toca", "--method-params", "{bad"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_cli_calibrate_then_bench_reads_it_beside_the_checkpoint(tmp_path, capsys):
+    from conftest import make_tiny
+    from l2c.cli import main
+    ckpt = make_tiny(tmp_path / "tiny.pt")
+    common = ["--checkpoint", str(ckpt), "--nfe", "6"]
+    assert main(["bench", *common, "--method", "teacache", "--batch", "1", "--repeats", "1", "--warmup", "0"]) == 2
+    assert "l2c calibrate --method teacache" in capsys.readouterr().err
+    assert main(["calibrate", "--method", "teacache", *common, "--num-samples", "2"]) == 0
+    assert (tmp_path / "tiny.teacache.json").exists()
+    out = tmp_path / "bench.json"
+    assert main(["bench", *common, "--method", "teacache", "--method-params", '{"threshold": 0.5}', "--batch", "1",
+                 "--repeats", "1", "--warmup", "0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    plan = Plan.from_dict(res["recorded_plan"])
+    assert len(res["macs_per_step"]) == 6 and res["macs_total"] <= res["macs_total_full"] + 6 * macs_table(tiny()).signal
+    assert plan.unit_compute[0, 0] and plan.unit_compute[5, 0]

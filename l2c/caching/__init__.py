@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..io import L2CError, read_json
 from . import methods  # noqa: F401  (registers the families)
 from .engine import (ACTION_CHARS, COMPUTE, FORECAST, REUSE, TOKENS, AccumulatedChange, Guards, MacsTable, MethodEngine,
-                     Plan, Policy, ResidualChange, ResidualUnit, macs_table, taylor_forecast)
+                     Plan, Policy, ResidualChange, ResidualUnit, macs_table, plan_macs, taylor_forecast)
 from .registry import FAMILIES, SAMPLERS, Context, Family, get_family, register, resolve_params
 
 
@@ -47,4 +47,4 @@ def build_engine(model: nn.Module, method: str, *, nfe: int, sampler: str = "ddi
 
 __all__ = ["ACTION_CHARS", "AccumulatedChange", "COMPUTE", "Context", "FAMILIES", "FORECAST", "Family", "Guards",
            "MacsTable", "MethodEngine", "Plan", "Policy", "REUSE", "ResidualChange", "ResidualUnit", "TOKENS",
-           "build_engine", "get_family", "macs_table", "register", "resolve_params", "taylor_forecast"]
+           "build_engine", "get_family", "macs_table", "plan_macs", "register", "resolve_params", "taylor_forecast"]

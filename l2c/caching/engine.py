@@ -502,7 +502,8 @@ class MethodEngine:
         if k <= 0:
             self.ages[sk] = age + 1
             return cached
-        if k >= cached.shape[1]:  # every token fresh: the plain branch
+        k = min(k, cached.shape[1])
+        if k == cached.shape[1]:  # every token fresh: the plain branch
             out = fn(x, *args)
             self.history[key] = (self.history[key][0], [out])
             self.ages[sk] = torch.zeros_like(age)
@@ -542,7 +543,7 @@ class MethodEngine:
             call = self._call
             if b == 0:
                 call["trunk_in"] = x
-                if self._signal_at_block0:
+                if self._signal_at_block0 and self.step not in self.decisions:
                     self._decide(self.blocks[0].cache_signal(x, *args))
                     call["signal"] = True
             u = self._unit_of.get(b)
@@ -628,6 +629,28 @@ class MethodEngine:
                     params=dict(self.plan.params))
 
 
+def plan_macs(mt: MacsTable, plan: Plan) -> list[int]:
+    """MACs per image of every step of a static plan (no run-time policy): what ``MethodEngine``
+    records when it runs the plan (tokens as planned; a policy's signal not included)."""
+    steps = []
+    for k in range(plan.nfe):
+        macs = mt.per_eval
+        skipped = {b for u, unit in enumerate(plan.units) if not plan.unit_compute[k, u] for b in unit.blocks()}
+        for b in range(plan.depth):
+            if b in skipped:
+                macs -= int(mt.block[b])
+                continue
+            for s in range(2):
+                a = int(plan.branch[k, b, s])
+                if a in (REUSE, FORECAST):
+                    macs -= int(mt.branch[b, s])
+                elif a == TOKENS:
+                    n = min(int(plan.tokens[k, b]), mt.tokens)
+                    macs -= int(mt.branch[b, s]) - int(mt.branch[b, s]) * n // max(mt.tokens, 1)
+        steps.append(int(macs))
+    return steps
+
+
 def taylor_forecast(ladder: list[torch.Tensor], x: float) -> torch.Tensor:
     """``sum_i F(i) x^i / i!`` (TaylorSeer's formula; order 0 returns F(0) itself)."""
     if len(ladder) == 1:
@@ -665,4 +688,4 @@ def local_bonus(score: torch.Tensor, bonus: float, grid: int = 2) -> torch.Tenso
 
 __all__ = ["ACTION_CHARS", "AccumulatedChange", "COMPUTE", "FORECAST", "Guards", "MacsTable", "MethodEngine", "Plan",
            "Policy", "REUSE", "ResidualChange", "ResidualUnit", "TOKENS", "local_bonus", "macs_table", "relative_l1",
-           "newton_forecast", "taylor_forecast"]
+           "newton_forecast", "plan_macs", "taylor_forecast"]
