@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Numerical conformance of l2c-suite against the official implementations.
 
-Three checks, all in fp32 with random weights (no checkpoint needed):
+Four checks, all in fp32 with random weights (no checkpoint needed):
 
   forward  our DiT (``l2c.models.create_model``) vs facebookresearch/DiT ``models.py`` given the same
            state dict (ours loaded into theirs with ``strict=True``), DiT-S/2 and DiT-XL/2, latent 32x32.
@@ -19,6 +19,14 @@ Three checks, all in fp32 with random weights (no checkpoint needed):
            evaluation are recorded on both sides (forward hooks on each block's ``attn`` / ``mlp``) and
            must agree exactly; the distance between our cached and our uncached samples is reported to
            show that the comparison is discriminating.
+  taylorseer  our TaylorSeer sampling (``l2c.caching.build_engine(model, "taylorseer", nfe=N,
+           params={"interval": I, "order": O})`` through ``l2c.sampling.sample``) vs the authors'
+           TaylorSeer-DiT code (Shenyi-Z/TaylorSeer ``TaylorSeer-DiT/models.py`` + its ``diffusion``
+           ``ddim_sample_loop`` on ``forward_with_cfg`` with ``interval`` / ``max_order`` in the model
+           kwargs, as their ``sample.py --ddim-sample`` runs it), same weights, DDIM-N, CFG 1.5
+           (3 channels); default DiT-XL/2, N = 50, I = 4, O = 4 (their sample.py defaults). The
+           executed attention / MLP sub-modules of every evaluation must agree, as for l2c, and the
+           distance to our uncached sample is reported.
 
 Error measures (per compared tensor): ``max_abs`` = max |ours - ref|; ``max_rel`` = max_abs / max |ref|
 (relative to the output scale; elementwise relative errors are meaningless near zeros). Tolerance:
@@ -30,6 +38,7 @@ checkouts at run time by putting them on ``sys.path``):
 
     git clone https://github.com/facebookresearch/DiT              /path/to/DiT                # tested at ed81ce2
     git clone https://github.com/horseee/learning-to-cache         /path/to/learning-to-cache  # tested at d6cc781
+    git clone https://github.com/Shenyi-Z/TaylorSeer                /path/to/TaylorSeer         # tested at 288776d
     pip install timm   # their model files import timm's PatchEmbed / Attention / Mlp; timm is NOT an
                        # l2c-suite dependency: use a scratch venv or `pip install --target DIR timm --no-deps`
                        # plus PYTHONPATH=DIR (tested with timm 1.0.31)
@@ -39,7 +48,10 @@ Run (CPU is fine; DiT-XL/2 on 2 cores takes several minutes per sampling run):
     python benchmarks/official_conformance.py --dit-repo /path/to/DiT \
         --l2c-repo /path/to/learning-to-cache --checks forward,ddim,l2c --json results/official_conformance.json
 
-The router defaults to ``<l2c-repo>/DiT/ckpt/DDIM20_router.pt`` (the authors' released file, identical to
+    python benchmarks/official_conformance.py --taylorseer-repo /path/to/TaylorSeer --checks taylorseer \
+        --json results/official_conformance_taylorseer.json   # add --taylorseer-model DiT-S/2 for a quick run
+
+The default ``--checks`` are forward,ddim,l2c; taylorseer runs when named. The router defaults to ``<l2c-repo>/DiT/ckpt/DDIM20_router.pt`` (the authors' released file, identical to
 ``shared/reference/official-routers/DDIM20_router.pt``); ``--router`` overrides it.
 
 Adaptations of the official code (no file of theirs is modified):
@@ -73,10 +85,10 @@ from l2c.io import environment_record, write_json  # noqa: E402
 from l2c.models import create_model  # noqa: E402
 from l2c.sampling import sample  # noqa: E402
 
-CHECKS = ("forward", "ddim", "l2c")
+CHECKS = ("forward", "ddim", "l2c", "taylorseer")
 TOL_REL = 1e-4
 CFG_SCALE = 1.5
-OFFICIAL_TOPLEVEL = ("models", "diffusion", "download")  # module names both official repos use
+OFFICIAL_TOPLEVEL = ("models", "diffusion", "download", "cache_functions", "taylor_utils")  # the official repos' top-level modules
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,13 +333,71 @@ def check_l2c(args, device) -> list[dict]:
     return [row]
 
 
+def check_taylorseer(args, device) -> list[dict]:
+    from l2c.caching import build_engine  # noqa: PLC0415
+    nfe, interval, order, name = args.taylorseer_nfe, args.taylorseer_interval, args.taylorseer_order, args.taylorseer_model
+    torch.manual_seed(args.seed)
+    ours = create_model(name, input_size=32).to(device).eval()
+    randomise_(ours, args.seed)
+    sd = ours.state_dict()
+    g = torch.Generator().manual_seed(args.seed + 5)
+    n = args.l2c_batch
+    z = torch.randn(n, 4, 32, 32, generator=g).to(device)
+    y = torch.randint(0, 1000, (n,), generator=g).to(device)
+
+    with official_imports(args.taylorseer_repo / "TaylorSeer-DiT"):
+        from models import DiT_models as ts_models
+        from diffusion import create_diffusion
+        diff = create_diffusion(str(nfe))
+        theirs = ts_models[name](input_size=32, num_classes=1000)
+        theirs.load_state_dict(sd, strict=True)
+        theirs = theirs.to(device).eval()
+        set_timm_attention(theirs, args.timm_attention)
+        rec = ExecRecorder(theirs)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            z2, y2 = torch.cat([z, z]), torch.cat([y, torch.full_like(y, 1000)])
+            kw = dict(y=y2, cfg_scale=CFG_SCALE, interval=interval, max_order=order, test_FLOPs=False)
+            ref = diff.ddim_sample_loop(theirs.forward_with_cfg, z2.shape, z2, clip_denoised=False, model_kwargs=kw,
+                                        progress=False, device=device)[:n]
+        t_off = time.perf_counter() - t0
+        their_exec = rec.remove()
+        del theirs
+
+    engine = build_engine(ours, "taylorseer", nfe=nfe, params={"interval": interval, "order": order})
+    rec = ExecRecorder(ours)
+    t0 = time.perf_counter()
+    mine = sample(ours, z, y, sampler="ddim", nfe=nfe, cfg_scale=CFG_SCALE, cfg_channels=3, engine=engine)
+    t_ours = time.perf_counter() - t0
+    our_exec = rec.remove()
+    full = sample(ours, z, y, sampler="ddim", nfe=nfe, cfg_scale=CFG_SCALE, cfg_channels=3) if args.effect_baseline else None
+    r = compare(mine, ref)
+    exec_equal = bool(their_exec.shape == our_exec.shape and np.array_equal(their_exec, our_exec))
+    full_steps = [int(k) for k in range(our_exec.shape[0]) if our_exec[k].all()]
+    row = {"check": "taylorseer", "case": f"{name} NFE={nfe} N={interval} O={order} B={n}", **r, "tol_rel": TOL_REL,
+           "pass": r["max_rel"] <= TOL_REL and exec_equal, "executed_masks_equal": exec_equal,
+           "full_steps_ours": full_steps, "evaluations_official": int(their_exec.shape[0]),
+           "evaluations_ours": int(our_exec.shape[0]), "sublayers_executed_official": int(their_exec.sum()),
+           "sublayers_executed_ours": int(our_exec.sum()), "seconds_official": t_off, "seconds_ours": t_ours}
+    if full is not None:
+        eff = compare(mine, full)
+        row["cache_effect_max_abs"] = eff["max_abs"]
+        row["cache_effect_max_rel"] = eff["max_rel"]
+    return [row]
+
+
 # ---------------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dit-repo", type=Path, help="checkout of github.com/facebookresearch/DiT (needed by forward, ddim)")
     p.add_argument("--l2c-repo", type=Path, help="checkout of github.com/horseee/learning-to-cache (needed by l2c)")
-    p.add_argument("--checks", default=",".join(CHECKS), help=f"comma-separated subset of {','.join(CHECKS)}")
+    p.add_argument("--taylorseer-repo", type=Path, help="checkout of github.com/Shenyi-Z/TaylorSeer (needed by taylorseer)")
+    p.add_argument("--taylorseer-model", default="DiT-XL/2", help="DiT size of the taylorseer check (DiT-S/2 is quick)")
+    p.add_argument("--taylorseer-nfe", type=int, default=50)
+    p.add_argument("--taylorseer-interval", type=int, default=4)
+    p.add_argument("--taylorseer-order", type=int, default=4)
+    p.add_argument("--checks", default="forward,ddim,l2c", help=f"comma-separated subset of {','.join(CHECKS)}")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--router", type=Path, help="official DiT router file (default <l2c-repo>/DiT/ckpt/DDIM20_router.pt)")
     p.add_argument("--theta", type=float, default=0.1)
@@ -347,12 +417,17 @@ def main(argv=None) -> int:
     bad = [c for c in checks if c not in CHECKS]
     if bad:
         p.error(f"unknown checks {bad}: choose from {CHECKS}")
-    for need, repo, flag in (({"forward", "ddim"}, args.dit_repo, "--dit-repo"), ({"l2c"}, args.l2c_repo, "--l2c-repo")):
+    for need, repo, flag in (({"forward", "ddim"}, args.dit_repo, "--dit-repo"), ({"l2c"}, args.l2c_repo, "--l2c-repo"),
+                             ({"taylorseer"}, args.taylorseer_repo, "--taylorseer-repo")):
         if need & set(checks):
             if repo is None or not repo.is_dir():
                 p.error(f"{flag} must name an existing checkout for checks {sorted(need & set(checks))}")
     if "l2c" in checks and not (args.l2c_repo / "DiT" / "models" / "dynamic_models.py").exists():
         p.error(f"{args.l2c_repo} does not look like learning-to-cache (no DiT/models/dynamic_models.py)")
+    if "taylorseer" in checks and not (args.taylorseer_repo / "TaylorSeer-DiT" / "taylor_utils").is_dir():
+        p.error(f"{args.taylorseer_repo} does not look like TaylorSeer (no TaylorSeer-DiT/taylor_utils)")
+    if args.taylorseer_repo is not None:
+        args.taylorseer_repo = args.taylorseer_repo.resolve()
     if args.dit_repo is not None:
         args.dit_repo = args.dit_repo.resolve()
     if args.l2c_repo is not None:
@@ -364,7 +439,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
 
     rows: list[dict] = []
-    runners = {"forward": check_forward, "ddim": check_ddim, "l2c": check_l2c}
+    runners = {"forward": check_forward, "ddim": check_ddim, "l2c": check_l2c, "taylorseer": check_taylorseer}
     for c in checks:
         t0 = time.perf_counter()
         try:
@@ -379,8 +454,8 @@ def main(argv=None) -> int:
     print(f"{'check':8} {'case':36} {'max_abs':>11} {'max_rel':>11} {'ref_scale':>10} {'bitwise':>7}  result")
     for r in rows:
         extra = ""
-        if r["check"] == "l2c":
-            extra = f"  masks {'equal' if r['executed_masks_equal'] and r['schedule_equal_official_plan'] else 'DIFFER'}"
+        if r["check"] in ("l2c", "taylorseer"):
+            extra = f"  masks {'equal' if r['executed_masks_equal'] and r.get('schedule_equal_official_plan', True) else 'DIFFER'}"
             if "cache_effect_max_abs" in r:
                 extra += f", cache effect max_abs {r['cache_effect_max_abs']:.3e}"
         print(f"{r['check']:8} {r['case']:36} {r['max_abs']:11.3e} {r['max_rel']:11.3e} {r['ref_scale']:10.3e} "
@@ -398,7 +473,9 @@ def main(argv=None) -> int:
             "official": {"dit_repo": str(args.dit_repo) if args.dit_repo else None,
                          "dit_revision": repo_revision(args.dit_repo) if args.dit_repo else None,
                          "l2c_repo": str(args.l2c_repo) if args.l2c_repo else None,
-                         "l2c_revision": repo_revision(args.l2c_repo) if args.l2c_repo else None},
+                         "l2c_revision": repo_revision(args.l2c_repo) if args.l2c_repo else None,
+                         "taylorseer_repo": str(args.taylorseer_repo) if args.taylorseer_repo else None,
+                         "taylorseer_revision": repo_revision(args.taylorseer_repo) if args.taylorseer_repo else None},
             "results": rows,
         }
         write_json(args.json, rec)
