@@ -90,19 +90,48 @@ def run_bench(model: nn.Module, schedule: CacheSchedule, *, nfe: int, sampler: s
     }
 
 
+# the default model of the bench commands: the embedded digits DiT's architecture (random weights)
+DEFAULT_MODEL = "DiT-Tiny/2"
+DEFAULT_GEOMETRY = {"image_size": 8, "pixel": True, "in_channels": 1, "num_classes": 10}
+NAMED_GEOMETRY = {"image_size": 256, "pixel": False, "in_channels": None, "num_classes": 1000}  # paper models: SD latents
+
+
+def resolve_model_args(a: argparse.Namespace) -> None:
+    """Fill the unset geometry flags: the embedded model's (8x8x1 pixels, 10 classes) without --model,
+    the paper models' (256 px images as SD-VAE latents, 1000 classes) with one; then check that the
+    network input is a whole number of patches."""
+    base = DEFAULT_GEOMETRY if a.model is None else NAMED_GEOMETRY
+    if getattr(a, "latent", False):
+        a.pixel = False
+    elif a.pixel is None:
+        a.pixel = base["pixel"]
+    for key in ("image_size", "in_channels", "num_classes"):
+        if getattr(a, key) is None:
+            setattr(a, key, base[key])
+    if not a.pixel and a.image_size % 8:
+        raise L2CError(f"--image-size {a.image_size}: a latent model sees image size / 8; expected a multiple of 8 "
+                       "(or --pixel for a pixel-space model)")
+
+
 def _bench_model(a: argparse.Namespace) -> nn.Module:
     """The model a bench command times: ``--checkpoint`` weights, or seeded random weights."""
+    if getattr(a, "image_size", None) is None or getattr(a, "pixel", None) is None:
+        resolve_model_args(a)
     opts: dict[str, Any] = {"num_classes": a.num_classes}
     opts["input_size"] = a.image_size if a.pixel else a.image_size // 8
     if a.in_channels is not None:
         opts["in_channels"] = a.in_channels
-    if a.checkpoint:  # our checkpoints record architecture and options; official files need --model
-        model = load_model(a.checkpoint, a.model, **({} if a.model is None else opts))
-    else:
-        torch.manual_seed(0)
-        model = create_model(a.model or "DiT-Tiny/2", **opts)
-        for p in model.parameters():  # random weights (DiT's zero-init would make the output trivial)
-            nn.init.normal_(p, std=0.02)
+    try:
+        if a.checkpoint:  # our checkpoints record architecture and options; official files need --model
+            model = load_model(a.checkpoint, a.model, **({} if a.model is None else opts))
+        else:
+            torch.manual_seed(0)
+            model = create_model(a.model or DEFAULT_MODEL, **opts)
+            for p in model.parameters():  # random weights (DiT's zero-init would make the output trivial)
+                nn.init.normal_(p, std=0.02)
+    except ValueError as e:
+        raise L2CError(f"--model {a.model or DEFAULT_MODEL} cannot be built with {opts} ({e}); check --image-size, "
+                       "--pixel / --latent and --in-channels") from None
     return model
 
 
@@ -113,12 +142,17 @@ def bench_cli(a: argparse.Namespace) -> dict:
     depth = num_sublayers(model) // 2
     if a.schedule:
         schedule = CacheSchedule.load(a.schedule)
-    elif a.router:
+    elif a.router:  # ours (router.pt of l2c train-router) or the authors' file
         if a.theta is None:
             raise L2CError("--router needs --theta (0.1 for DiT-XL/2 256, 0.9 for U-ViT-H/2)")
-        schedule = CacheSchedule.from_official_router(a.router, a.theta)
+        from .router import load_schedule_from_router
+        schedule = load_schedule_from_router(a.router, a.theta, sampler=a.sampler, nfe=a.nfe)
     else:
         schedule = fraction_schedule(a.nfe, depth, a.reuse_fraction if a.reuse_fraction is not None else 0.45, a.sampler)
+    schedule.check_nfe(a.nfe)
+    schedule.check_model(model)
+    if schedule.sampler.split("-")[0] != a.sampler:
+        raise L2CError(f"schedule ({schedule.source}) was made for sampler {schedule.sampler!r}, not --sampler {a.sampler}")
     res = run_bench(model, schedule, nfe=a.nfe, sampler=a.sampler, batch=a.batch, cfg_scale=a.cfg_scale,
                     repeats=a.repeats, warmup=a.warmup, device=a.device, dtype=a.dtype, compile=a.compile)
     env = res["environment"]

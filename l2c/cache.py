@@ -197,6 +197,14 @@ class CacheSchedule:
                            "for the authors' router files use --router FILE --theta T")
         try:
             rows = d["compute"]
+            if not isinstance(rows, list) or not isinstance(d["depth"], int) or not isinstance(d["nfe"], int):
+                raise L2CError(f"{path}: expected \"compute\": a list of rows, integer \"nfe\" and \"depth\"; "
+                               "regenerate the schedule with `l2c schedule`")
+            width = 2 * d["depth"]
+            bad = [k for k, row in enumerate(rows) if not isinstance(row, str) or len(row) != width or set(row) - {"0", "1"}]
+            if bad:
+                raise L2CError(f"{path}: compute row {bad[0]} is not a string of {width} characters 0/1 (depth "
+                               f"{d['depth']}); regenerate the schedule with `l2c schedule`")
             mask = np.array([[ch == "1" for ch in row] for row in rows], dtype=bool)
             if mask.shape != (d["nfe"], 2 * d["depth"]):
                 raise L2CError(f"{path}: compute mask is {mask.shape}, expected ({d['nfe']}, {2 * d['depth']})")

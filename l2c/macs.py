@@ -97,8 +97,15 @@ def macs_for(model: str, *, image_size: int, sampler: str, nfe: int, router: str
     opts = {"input_size": model_input_size(image_size, latent), "num_classes": num_classes}
     if in_channels is not None:
         opts["in_channels"] = in_channels
+    if latent and image_size % 8:
+        raise L2CError(f"--image-size {image_size}: a latent model sees image size / 8; expected a multiple of 8 "
+                       "(or --pixel for a pixel-space model)")
     with torch.device("meta"):
-        m = create_model(model, **opts)
+        try:
+            m = create_model(model, **opts)
+        except ValueError as e:
+            raise L2CError(f"--model {model} cannot be built with {opts} ({e}); check --image-size, --pixel and "
+                           "--in-channels") from None
         size, ch = m.input_size, m.in_channels
         mm = count_model_macs(m, torch.zeros(1, ch, size, size), torch.zeros(1), torch.zeros(1, dtype=torch.long))
     sched = None
@@ -107,7 +114,8 @@ def macs_for(model: str, *, image_size: int, sampler: str, nfe: int, router: str
     elif router:
         if theta is None:
             raise L2CError("--router needs --theta (0.1 for DiT-XL/2 256 and DiT-L/2, 0.9 for DiT-XL/2 512 and U-ViT-H/2)")
-        sched = CacheSchedule.from_official_router(router, theta, sampler=sampler)
+        from .router import load_schedule_from_router  # ours (router.pt) or the authors' file
+        sched = load_schedule_from_router(router, theta, sampler=sampler)
     if sched is not None:
         sched.check_nfe(nfe)
         sched.check_model(m)
