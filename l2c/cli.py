@@ -266,6 +266,8 @@ def cmd_sample(a: argparse.Namespace) -> None:
     keys = tuple(f.name for f in fields(SampleConfig) if f.name != "model_kwargs")
     if a.model_kwargs:
         a.model_kwargs = _json_arg(a, "model_kwargs")
+    if getattr(a, "method_params", None):
+        a.method_params = _json_arg(a, "method_params")
     cfg = _settings(a, SampleConfig, keys + ("model_kwargs",))
     _choice(a, "sampler", cfg.sampler, ("ddim", "dpm2"))
     _choice(a, "dtype", cfg.dtype, ("fp32", "bf16", "tf32"))

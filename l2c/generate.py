@@ -48,6 +48,9 @@ class SampleConfig:
     schedule: str | None = None  # a cache schedule JSON
     router: str | None = None  # or an official router file + theta
     theta: float | None = None
+    method: str | None = None  # or a caching method of l2c.caching (docs/methods.md)
+    method_params: dict[str, Any] = field(default_factory=dict)  # its parameters
+    calibration: str | None = None  # its calibration file (default: the one beside the checkpoint)
     num_samples: int = 1000
     seed: int = 0
     labels: str = "uniform"  # uniform (DiT evaluation) or balanced (n mod classes)
@@ -101,6 +104,10 @@ class Generator:
         if self.schedule is not None:
             self.schedule.check_model(self.model)
             self.schedule.check_nfe(cfg.nfe)
+        self.engine = None
+        if cfg.method:
+            from .caching.cli import method_engine
+            self.engine = method_engine(cfg, self.model, self.schedule)
         self.vae = load_vae(cfg.vae, self.device) if cfg.vae else None
         m = self.model
         self.shape = (m.in_channels, m.input_size, m.input_size)
@@ -112,7 +119,7 @@ class Generator:
         noise, labels = noise.to(self.device), labels.to(self.device)
         with self.autocast:
             x = sample(self.model, noise, labels, sampler=cfg.sampler, nfe=cfg.nfe, cfg_scale=cfg.cfg_scale,
-                       schedule=self.schedule, cfg_channels=cfg.cfg_channels)
+                       schedule=self.schedule, cfg_channels=cfg.cfg_channels, engine=self.engine)
             if self.vae is not None:
                 with torch.no_grad():
                     x = self.vae.decode(x / SD_VAE_SCALE).sample

@@ -388,3 +388,24 @@ def test_cli_calibrate_then_bench_reads_it_beside_the_checkpoint(tmp_path, capsy
     plan = Plan.from_dict(res["recorded_plan"])
     assert len(res["macs_per_step"]) == 6 and res["macs_total"] <= res["macs_total_full"] + 6 * macs_table(tiny()).signal
     assert plan.unit_compute[0, 0] and plan.unit_compute[5, 0]
+
+
+def test_cli_sample_with_method_equals_python_api(tmp_path):
+    from conftest import make_tiny
+    from l2c.cli import main
+    from l2c.data import float_to_uint8
+    from l2c.generate import noise_and_labels
+    from l2c.models import load_model
+    ckpt = make_tiny(tmp_path / "tiny.pt")
+    out = tmp_path / "ts.npz"
+    assert main(["sample", "--out", str(out), "--checkpoint", str(ckpt), "--nfe", "6", "--num-samples", "3",
+                 "--batch-size", "3", "--shard-size", "3", "--method", "taylorseer",
+                 "--method-params", '{"interval": 2, "order": 1}', "--no-progress"]) == 0
+    model = load_model(ckpt)
+    noise, labels = noise_and_labels(0, np.arange(3), (1, 8, 8), 10)
+    x = sample(model, noise, labels, nfe=6, cfg_scale=1.5,
+               engine=build_engine(model, "taylorseer", nfe=6, params={"interval": 2, "order": 1}))
+    with np.load(out) as f:
+        assert np.array_equal(f["arr_0"], float_to_uint8(x))
+    assert main(["sample", "--out", str(tmp_path / "x.npz"), "--checkpoint", str(ckpt), "--nfe", "6", "--num-samples", "3",
+                 "--method", "teacache", "--no-progress"]) == 2

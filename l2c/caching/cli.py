@@ -178,3 +178,16 @@ def macs_cli(a: argparse.Namespace) -> dict[str, Any]:
               f"{rep['macs_total'] / 1e12:.4f} T MACs per image (full {rep['macs_total_full'] / 1e12:.4f} T); "
               f"MACs-ideal speedup {rep['macs_ideal_speedup']:.3f}x")
     return rep
+
+
+def method_engine(cfg: Any, model: nn.Module, schedule: Any = None):
+    """The engine of a ``SampleConfig`` naming a caching method (``l2c sample --method``)."""
+    if schedule is not None:
+        raise L2CError(f"sample options give both a cache schedule/router and --method {cfg.method}: choose one")
+    params = cfg.method_params
+    if isinstance(params, str):
+        params = parse_params(params)
+    if not isinstance(params, dict):
+        raise L2CError(f"method_params must be a mapping of parameter names to values, got {params!r}")
+    calib = resolve_calibration(cfg.method, cfg.calibration, cfg.checkpoint, cfg.sampler, cfg.nfe)
+    return build_engine(model, cfg.method, nfe=cfg.nfe, sampler=cfg.sampler, params=params, calibration=calib)
