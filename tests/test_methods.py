@@ -149,6 +149,8 @@ def test_taylorseer_time_variable_on_dpm2(uvit):
     assert e.plan.params["variable"] == "time" and e.positions[0] == 1.0 and e.positions[1] < 1.0
     out = run(uvit, e, sampler="dpm2", cfg=0.4)
     assert torch.isfinite(out).all()
+    plan = Plan.from_dict(json.loads(json.dumps(e.recorded_plan().to_dict())))  # the times travel with the plan
+    assert plan.positions == e.positions and torch.equal(run(uvit, MethodEngine(uvit, plan), sampler="dpm2", cfg=0.4), out)
     assert e.branch_calls[0, 0] == len(full_steps(NFE, 2)) * 2  # two guidance streams
 
 

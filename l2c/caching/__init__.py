@@ -33,8 +33,7 @@ def build_engine(model: nn.Module, method: str, *, nfe: int, sampler: str = "ddi
         plan = Plan.from_dict(read_json(path), str(path))
         if plan.nfe != nfe:
             raise L2CError(f"plan {path} has {plan.nfe} steps but sampling uses NFE {nfe}")
-        positions = (params or {}).get("positions")
-        return MethodEngine(model, plan, None, positions, observer)
+        return MethodEngine(model, plan, None, None, observer)
     fam = get_family(method)
     if hasattr(model, "cache_blocks") and not fam.uvit:
         raise L2CError(f"method {method} does not apply to U-ViT (see docs/methods.md)")
@@ -42,7 +41,8 @@ def build_engine(model: nn.Module, method: str, *, nfe: int, sampler: str = "ddi
         calibration = read_json(calibration)
     ctx = Context(model, nfe, sampler, calibration)
     plan, policy, positions = fam.build(ctx, resolve_params(fam, params))
-    return MethodEngine(model, plan, policy, positions, observer)
+    plan.positions = None if positions is None else [float(p) for p in positions]
+    return MethodEngine(model, plan, policy, None, observer)
 
 
 __all__ = ["ACTION_CHARS", "AccumulatedChange", "COMPUTE", "Context", "FAMILIES", "FORECAST", "Family", "Guards",

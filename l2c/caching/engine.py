@@ -78,6 +78,7 @@ class Plan:
     token_score: dict[str, float] = field(default_factory=dict)  # ToCa scoring (soft_weight, age_scale, bonus)
     method: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    positions: list[float] | None = None  # forecast expansion variable per step (None: the step index)
 
     def __post_init__(self) -> None:
         self.branch = np.asarray(self.branch, dtype=np.uint8)
@@ -129,7 +130,7 @@ class Plan:
             "units": [[u.first, u.last] for u in self.units],
             "unit_compute": ["".join("1" if c else "0" for c in row) for row in self.unit_compute],
             "tokens": None if self.tokens is None else self.tokens.tolist(),
-            "token_score": self.token_score,
+            "token_score": self.token_score, "positions": self.positions,
         }
 
     @classmethod
@@ -147,7 +148,8 @@ class Plan:
             uc = np.array([[ch == "1" for ch in row] for row in d["unit_compute"]], bool).reshape(d["nfe"], len(units))
             tokens = None if d.get("tokens") is None else np.asarray(d["tokens"], np.int64)
             return cls(branch, units, uc, order=int(d.get("order", 1)), form=d.get("form", "taylor"), tokens=tokens,
-                       token_score=dict(d.get("token_score") or {}), method=d.get("method", ""), params=d.get("params", {}))
+                       token_score=dict(d.get("token_score") or {}), method=d.get("method", ""), params=d.get("params", {}),
+                       positions=d.get("positions"))
         except KeyError as e:
             raise L2CError(f"{where}: method plan lacks the key {e}") from e
         except ValueError as e:
@@ -360,6 +362,7 @@ class MethodEngine:
         if policy is not None and policy.signal == "head-residual" and plan.units[policy.unit].first == 0:
             raise L2CError("a head-residual policy needs at least one block before its unit (Fn >= 1)")
         self._check_uvit_units()
+        positions = plan.positions if positions is None else positions
         self.positions = list(range(plan.nfe)) if positions is None else [float(p) for p in positions]
         if len(self.positions) != plan.nfe:
             raise L2CError(f"{len(self.positions)} forecast positions for {plan.nfe} steps")
@@ -626,7 +629,7 @@ class MethodEngine:
         return Plan(self.plan.branch.copy(), list(self.plan.units), uc, order=self.plan.order, form=self.plan.form,
                     tokens=None if self.plan.tokens is None else self.plan.tokens.copy(),
                     token_score=dict(self.plan.token_score), method=self.plan.method + ("+recorded" if self.policy else ""),
-                    params=dict(self.plan.params))
+                    params=dict(self.plan.params), positions=None if self.positions == list(range(self.plan.nfe)) else list(self.positions))
 
 
 def plan_macs(mt: MacsTable, plan: Plan) -> list[int]:
