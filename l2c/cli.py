@@ -140,6 +140,9 @@ def _read_yaml(path: str) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if ctx and cmark is not None:
+            problem += f"; {ctx} from line {cmark.line + 1}"
         raise L2CError(f"--config {path}: not valid YAML{where} ({problem})") from None
     except UnicodeDecodeError:
         raise L2CError(f"--config {path}: not a text file; expected a YAML mapping of keys to values") from None

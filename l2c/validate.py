@@ -77,7 +77,8 @@ UNIT = Rule(float, 0, 1)
 
 # one table for every command and config file: argument dest / config key -> range
 RULES: dict[str, Rule] = {
-    **{k: POSITIVE for k in ("nfe", "steps", "batch_size", "batch", "num_samples", "shard_size", "threads", "repeats",
+    "nfe": Rule(int, 1, 1000),  # the 1000 training timesteps of the DiT / U-ViT diffusions
+    **{k: POSITIVE for k in ("steps", "batch_size", "batch", "num_samples", "shard_size", "threads", "repeats",
                              "iters", "image_size", "in_channels", "num_classes", "depth", "interval", "limit",
                              "n_main", "n_cache", "ckpt_every", "log_every", "cfg_channels", "encoder_blocks")},
     **{k: COUNT for k in ("warmup", "budget", "shallow", "deep_from", "warmup_steps")},
