@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "router": {"steps": 2000, "batch_size": 64, "lr": 1e-3, "clamp": 5.0, "reduction": "mean", "seed": 0,
                "label_dropout": 0.1, "ste_threshold": None},
     "figures": {"grid_samples": 16, "grid_methods": ["full", "l2c", "fewer", "drop", "random-drop"]},
+    "inception_weights": None,  # inception-adm weights file (default: torch-fidelity's place under $TORCH_HOME)
+    "rehearsal": None,  # stand-in inputs made by the workflow (config/rehearsal.yaml; l2c.rehearsal)
     "models": {},
 }
 
@@ -113,11 +115,65 @@ class ConfigError(ValueError):
     """A config value that the JSON schema cannot catch (cross-references between keys)."""
 
 
-def _real(x: Any, where: str) -> float:
+def _real(x: Any, where: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+          hi_open: bool = False) -> float:
+    """A config number (YAML reads 1e-6 as a string) that is finite and in the given range."""
     try:
-        return float(x)
+        v = float(x)
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: {x!r} is not a number") from None
+    if isinstance(x, bool) or not math.isfinite(v):
+        raise ConfigError(f"{where}: {x!r} is not a finite number")
+    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi)):
+        rng = (f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}" if lo is not None and hi is not None
+               else f"{'>' if lo_open else '>='} {lo:g}" if lo is not None else f"{'<' if hi_open else '<='} {hi:g}")
+        raise ConfigError(f"{where}: {x!r} is out of range; expected a number {rng}")
+    return v
+
+
+# ranges of the real-valued keys of the router / pretrain sections and of a model row (YAML reads 1e-6
+# as a string, so the schema accepts numeric strings and these ranges are checked here)
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "lr": (0, None, True, False), "clamp": (0, None, True, False), "label_dropout": (0, 1, False, True),
+    "ste_threshold": (0, 1, False, False), "weight_decay": (0, None, False, False), "lr_decay_to": (0, 1, False, False),
+    "ema_decay": (0, 1, False, True), "grad_clip": (0, None, False, False), "cfg_scale": (0, None, False, False),
+}
+
+
+def _check_ranges(section: Any, where: str) -> None:
+    """The ranged numbers of one section of the raw config, named by their key path."""
+    if not isinstance(section, dict):
+        return
+    for key, (lo, hi, lo_open, hi_open) in RANGES.items():
+        if section.get(key) is not None:
+            _real(section[key], f"{where}.{key}", lo, hi, lo_open, hi_open)
+
+
+def _check_raw(config: dict) -> None:
+    """Ranges checked where they are written (before defaults and overrides are merged)."""
+    _check_ranges(config.get("router"), "router")
+    for name, m in (config.get("models") or {}).items():
+        if not isinstance(m, dict):
+            continue
+        _check_ranges(m, f"models.{name}")
+        _check_ranges(m.get("router"), f"models.{name}.router")
+        _check_ranges(m.get("pretrain"), f"models.{name}.pretrain")
+        for key, s in (m.get("nfe") or {}).items():
+            for sec in ("router", "trajectory_router"):
+                _check_ranges((s or {}).get(sec), f"models.{name}.nfe.{key}.{sec}")
+
+
+def check_schema(config: dict, schema: str | os.PathLike | None = None) -> None:
+    """Validate against the workflow's JSON schema with a one-line error naming the key path
+    (``models.dit-digits.nfe.20.theta: ...``), then the ranges and cross-references of :func:`resolve`."""
+    import jsonschema
+    import yaml
+    path = Path(schema) if schema else REPO / "workflow" / "schemas" / "config.schema.yaml"
+    validator = jsonschema.Draft202012Validator(yaml.safe_load(path.read_text()))
+    err = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if err is not None:
+        key = ".".join(str(k) for k in err.absolute_path) or "(top level)"
+        raise ConfigError(f"{key}: {' '.join(err.message.split())}")
 
 
 def _local(path: str | None, repo: Path = REPO) -> str | None:
@@ -133,8 +189,10 @@ def _local(path: str | None, repo: Path = REPO) -> str | None:
 def resolve(config: dict) -> dict:
     """The config with every default filled in, NFE keys as ints, numbers as floats, per-model and
     per-NFE overrides merged into ``sampling`` / ``latency`` / ``router``, and input paths resolved."""
+    _check_raw(config)
     cfg = _merge(DEFAULTS, config)
     cfg["check_files"] = cfg["check_files"] in (True, "true")  # --config check_files=false gives a string
+    cfg["inception_weights"] = _local(cfg["inception_weights"])
     for name, m in cfg["models"].items():
         m = _merge(MODEL_DEFAULTS, m)
         where = f"models.{name}"
@@ -160,6 +218,11 @@ def resolve(config: dict) -> dict:
                 nfe = int(key)
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}.nfe: key {key!r} is not an NFE (an integer)") from None
+            if isinstance(key, bool) or not 1 <= nfe <= 1000 or str(nfe) != str(key).strip():
+                raise ConfigError(f"{where}.nfe.{key}: an NFE is an integer in [1, 1000] (the diffusions' 1000 timesteps)")
+            if m["sampler"] == "dpm2" and nfe % 2:
+                raise ConfigError(f"{where}.nfe.{key}: DPM-Solver-2 (sampler: dpm2) makes 2 model evaluations per step, "
+                                  f"so its NFE must be even (use {max(nfe - 1, 2)} or {nfe + 1})")
             nfes[nfe] = _resolve_nfe(_merge(NFE_DEFAULTS, s), f"{where}.nfe.{nfe}", m)
         m["nfe"] = nfes
         cfg["models"][name] = m
@@ -167,15 +230,15 @@ def resolve(config: dict) -> dict:
 
 
 def _resolve_nfe(s: dict, where: str, m: dict) -> dict:
-    s["lambdas"] = [_real(x, f"{where}.lambdas") for x in s["lambdas"]]
-    s["thetas"] = [_real(x, f"{where}.thetas") for x in s["thetas"]]
-    s["theta"] = _real(s["theta"], f"{where}.theta")
+    s["lambdas"] = [_real(x, f"{where}.lambdas", 0) for x in s["lambdas"]]
+    s["thetas"] = [_real(x, f"{where}.thetas", 0, 1) for x in s["thetas"]]
+    s["theta"] = _real(s["theta"], f"{where}.theta", 0, 1)
     if not s["lambdas"]:
         if s["lambda"] is not None or s["thetas"] or s["fewer_lambdas"] or s["heuristics"] or s["drop"]:
             raise ConfigError(f"{where}: lambda / thetas / fewer_lambdas / heuristics / drop need at least one entry in lambdas")
         s["lambda"] = None
     else:
-        s["lambda"] = s["lambdas"][0] if s["lambda"] is None else _real(s["lambda"], f"{where}.lambda")
+        s["lambda"] = s["lambdas"][0] if s["lambda"] is None else _real(s["lambda"], f"{where}.lambda", 0)
     for key in ("fewer_lambdas", "heuristic_lambdas"):
         vals = [s["lambda"]] if s[key] is None and s["lambda"] is not None else (s[key] or [])
         s[key] = [_real(x, f"{where}.{key}") for x in vals]
@@ -185,8 +248,8 @@ def _resolve_nfe(s: dict, where: str, m: dict) -> dict:
                                   f"is not among lambdas {s['lambdas']}")
     s["official_router"] = _local(s["official_router"])
     s["router"] = _merge(m["router"], s["router"])
-    s["trajectory_lambdas"] = [_real(x, f"{where}.trajectory_lambdas") for x in s["trajectory_lambdas"]]
-    s["trajectory_theta"] = _real(s["trajectory_theta"], f"{where}.trajectory_theta")
+    s["trajectory_lambdas"] = [_real(x, f"{where}.trajectory_lambdas", 0) for x in s["trajectory_lambdas"]]
+    s["trajectory_theta"] = _real(s["trajectory_theta"], f"{where}.trajectory_theta", 0, 1)
     s["trajectory_router"] = _merge(s["router"], s["trajectory_router"])
     if s["trajectory_lambdas"] and m["sampler"] != "ddim":
         raise ConfigError(f"{where}.trajectory_lambdas: the trajectory objective is implemented for the ddim sampler, "
@@ -286,6 +349,10 @@ def routers(cfg: dict) -> list[tuple[str, int, str, float]]:
 def external_files(cfg: dict) -> list[tuple[str, str, str]]:
     """Files the workflow reads but cannot make: (what, path, where to get it)."""
     out = []
+    if cfg.get("inception_weights") and any(m["backend"] == "inception-adm" for m in cfg["models"].values()):
+        out.append(("inception_weights", cfg["inception_weights"],
+                    "torch-fidelity's Inception-v3 weights: https://github.com/toshas/torch-fidelity/releases/download/"
+                    "v0.2.0/weights-inception-2015-12-05-6726825d.pth"))
     for name, m in cfg["models"].items():
         src = m["sources"]
 

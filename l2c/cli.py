@@ -68,6 +68,7 @@ IO: dict[str, dict[str, Any]] = {
     "bench-router": {"in": {"checkpoint": "file"}},
     "encode-latents": {"in": {"data": "data", "vae": "any"}, "out": lambda a: V.npz_outputs("--out", a.out)},
     "calibrate": {"in": {"checkpoint": "file"}, "out": _calibration_outputs},
+    "check-config": {"in": {}, "out": lambda a: []},
 }
 DEFAULT_INPUTS = {"config": "file", "checkpoint": "file", "schedule": "file", "router": "file", "calibration": "file",
                   "data": "data", "vae": "any", "samples": "file", "ref": "file", "weights": "file", "match": "file",
@@ -129,11 +130,12 @@ def preflight(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     V.check_paths(inputs, outputs)
 
 
-def _read_yaml(path: str) -> dict:
+def _read_yaml(path: str, label: str = "--config") -> dict:
     import yaml
     p = Path(path)
+    label = f"{label} {path}".strip()
     if not p.is_file():
-        raise L2CError(f"--config {path}: {'is a folder, expected a YAML file' if p.is_dir() else 'file not found'}")
+        raise L2CError(f"{label}: {'is a folder, expected a YAML file' if p.is_dir() else 'file not found'}")
     try:
         d = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
@@ -143,12 +145,12 @@ def _read_yaml(path: str) -> dict:
         ctx, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
         if ctx and cmark is not None:
             problem += f"; {ctx} from line {cmark.line + 1}"
-        raise L2CError(f"--config {path}: not valid YAML{where} ({problem})") from None
+        raise L2CError(f"{label}: not valid YAML{where} ({problem})") from None
     except UnicodeDecodeError:
-        raise L2CError(f"--config {path}: not a text file; expected a YAML mapping of keys to values") from None
+        raise L2CError(f"{label}: not a text file; expected a YAML mapping of keys to values") from None
     d = {} if d is None else d
     if not isinstance(d, dict):
-        raise L2CError(f"--config {path}: expected a mapping of keys to values, got a {type(d).__name__}")
+        raise L2CError(f"{label}: expected a mapping of keys to values, got a {type(d).__name__}")
     return d
 
 
@@ -434,6 +436,25 @@ def cmd_embedded_report(a: argparse.Namespace) -> None:
     _print_json({k: rep[k] for k in ("floor_train_vs_reference", main, "caching_sensitivity_summary", "sampling_wall_s_1000_nfe20_cfg")})
 
 
+@command("check-config")
+def cmd_check_config(a: argparse.Namespace) -> None:
+    """A workflow config checked as ``snakemake --configfile FILE...`` would read it (later files
+    overlay earlier ones), with the YAML line of a syntax error, which snakemake does not name."""
+    from . import cells
+    config: dict = {}
+    for path in a.configfiles:
+        config = cells._merge(config, _read_yaml(path, label=""))
+    try:
+        cells.check_schema(config)
+        cfg = cells.resolve(config)
+        planned = cells.plan(cfg)
+    except cells.ConfigError as e:
+        raise L2CError(f"{' + '.join(a.configfiles)}: {e}") from None
+    missing = cells.missing_files(cfg)
+    print(f"{' + '.join(a.configfiles)}: valid; {len(planned)} cells over {len(cfg['models'])} model(s)"
+          + (f"; {len(missing)} external file(s) missing (the workflow names them)" if missing else ""))
+
+
 @command("calibrate")
 def cmd_calibrate(a: argparse.Namespace) -> None:
     from .caching.cli import run_calibrate
@@ -660,6 +681,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=4096, help="images per resumable shard")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("check-config", help="check a workflow config (YAML line of a syntax error, key path of a bad value)")
+    p.add_argument("configfiles", nargs="+", metavar="CONFIG", help="config files in snakemake --configfile order")
 
     p = sub.add_parser("bench-router", help="router-training iterations/s with the teacher/student/cache-fill split")
     _bench_model_args(p)

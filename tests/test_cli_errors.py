@@ -282,6 +282,14 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["--method", "teacache", "--checkpoint", "{W}/nope.pt", "--nfe", "6"], "nope.pt: file not found"),
         (["--method", "nope", "--checkpoint", T, "--nfe", "6"], "--method"),
     ],
+    "check-config": [
+        (["{W}/missing.yaml"], "missing.yaml: file not found"),
+        (["{W}/syntax.yaml"], "syntax.yaml: not valid YAML at line 3"),
+        (["{W}/list.yaml"], "list.yaml: expected a mapping"),
+        (["{W}/dir"], "dir: is a folder"),
+        (["{W}/pt_lr.yaml"], "(top level): Additional properties are not allowed"),
+        (["{W}/wf_theta.yaml"], "models.m.nfe.20.theta: 1.5 is out of range"),
+    ],
 }
 
 
@@ -315,7 +323,8 @@ def _bad_files(w: Path) -> None:
         "sample_unknown.yaml": "nfe: 4\nbogus_key: 1\n", "sample_theta.yaml": f"nfe: 6\nrouter: {w}/a/router/router.pt\ntheta: 2\n",
         "sample_nfe.yaml": "nfe: six\n", "sample_kw.yaml": "model_kwargs: 3\n", "sample_ckpt.yaml": f"checkpoint: {w}/nope.pt\n",
         "sample_dtype.yaml": "dtype: fp64\n", "tr_steps.yaml": "nfe: 6\nsteps: -5\n", "tr_lr.yaml": "lr: 1e-3x\n",
-        "tr_obj.yaml": "objective: dropp\n", "bad.json": "{nope", "garbage.csv": "a,b\n1,2\n",
+        "tr_obj.yaml": "objective: dropp\n",
+        "wf_theta.yaml": "models:\n  m:\n    checkpoint: x.pt\n    nfe:\n      20: {theta: 1.5}\n", "bad.json": "{nope", "garbage.csv": "a,b\n1,2\n",
     }
     for name, text in texts.items():
         (w / name).write_text(text)
@@ -441,6 +450,11 @@ def test_bench_router_refuses(argv, expect, ws, capsys):
     _refused("bench-router", argv, expect, ws, capsys)
 
 
+@pytest.mark.parametrize("argv,expect", CASES["check-config"], ids=_ids(CASES["check-config"]))
+def test_check_config_refuses(argv, expect, ws, capsys):
+    _refused("check-config", argv, expect, ws, capsys)
+
+
 @pytest.mark.parametrize("argv,expect", CASES["calibrate"], ids=_ids(CASES["calibrate"]))
 def test_calibrate_refuses(argv, expect, ws, capsys):
     _refused("calibrate", argv, expect, ws, capsys)
@@ -526,3 +540,81 @@ def test_value_rules():
         with pytest.raises(L2CError, match="^--x"):
             check_value("--x", key, bad)
     assert RULES["nfe"].expected() == "an integer in [1, 1000]" and RULES["theta"].expected() == "a finite number in [0, 1]"
+
+
+# -- the workflow config: refused at parse time, one line naming the key path ---------------------
+
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+D, U = "models.dit-digits", "models.uvit-digits"
+CONFIG_CASES = [
+    ({"models": {"dit-digits": {"nfe": {0: {}}}}}, f"{D}.nfe.0: an NFE is an integer in [1, 1000]"),
+    ({"models": {"dit-digits": {"nfe": {1001: {}}}}}, f"{D}.nfe.1001"),
+    ({"models": {"dit-digits": {"nfe": {"twenty": {}}}}}, f"{D}.nfe: key 'twenty'"),
+    ({"models": {"uvit-digits": {"nfe": {19: {}}}}}, f"{U}.nfe.19: DPM-Solver-2"),
+    ({"models": {"dit-digits": {"nfe": {20: {"theta": 1.5}}}}}, f"{D}.nfe.20.theta: 1.5 is out of range"),
+    ({"models": {"dit-digits": {"nfe": {20: {"theta": float("nan")}}}}}, f"{D}.nfe.20.theta: nan is not a finite"),
+    ({"models": {"dit-digits": {"nfe": {20: {"theta": "-0.1"}}}}}, f"{D}.nfe.20.theta: '-0.1' is out of range"),
+    ({"models": {"dit-digits": {"nfe": {20: {"thetas": [0.5, 2]}}}}}, f"{D}.nfe.20.thetas: 2"),
+    ({"models": {"dit-digits": {"nfe": {20: {"lambdas": ["-1e-3"]}}}}}, f"{D}.nfe.20.lambdas: '-1e-3'"),
+    ({"models": {"dit-digits": {"nfe": {20: {"trajectory_theta": 7}}}}}, f"{D}.nfe.20.trajectory_theta: 7"),
+    ({"models": {"dit-digits": {"nfe": {20: {"trajectory_router": {"lr": "abc"}}}}}}, f"{D}.nfe.20.trajectory_router"),
+    ({"models": {"dit-digits": {"nfe": {20: {"router": {"lr": 0}}}}}}, f"{D}.nfe.20.router.lr: 0 is out of range"),
+    ({"router": {"lr": -1}}, "router.lr: -1 is out of range"),
+    ({"router": {"steps": 0}}, "router.steps: 0 is less than the minimum of 1"),
+    ({"router": {"label_dropout": 1}}, "router.label_dropout: 1 is out of range"),
+    ({"models": {"dit-digits": {"router": {"clamp": 0}}}}, f"{D}.router.clamp: 0 is out of range"),
+    ({"models": {"dit-digits": {"cfg_scale": -1}}}, f"{D}.cfg_scale: -1 is out of range"),
+    ({"models": {"dit-digits": {"cfg_channels": 0}}}, f"{D}.cfg_channels: 0 is less than the minimum of 1"),
+    ({"models": {"dit-digits": {"model_kwargs": {"input_size": 0}}}}, f"{D}.model_kwargs.input_size: 0"),
+    ({"models": {"dit-digits": {"sampler": "euler"}}}, f"{D}.sampler"),
+    ({"models": {"dit-digits": {"sampling": {"batch_size": 0}}}}, f"{D}.sampling.batch_size: 0"),
+    ({"sampling": {"num_samples": 0}}, "sampling.num_samples: 0 is less than the minimum of 1"),
+    ({"latency": {"batch": -8}}, "latency.batch: -8"),
+    ({"threads": 0}, "threads: 0"),
+    ({"device": "gpu"}, "device: 'gpu'"),
+    ({"nfes": [20]}, "(top level): Additional properties are not allowed ('nfes' was unexpected)"),
+    ({"models": {"dit-digits": {"pretrain": {"lr": 0, "steps": 1}, "checkpoint": None}}}, f"{D}.pretrain.lr: 0 is out of range"),
+    ({"models": {"dit-digits": {"pretrain": {"ema_decay": 1.0}, "checkpoint": None}}}, f"{D}.pretrain.ema_decay: 1.0"),
+]
+
+
+@pytest.mark.parametrize("overlay,expect", CONFIG_CASES, ids=[e.split(":")[0] for _, e in CONFIG_CASES])
+def test_workflow_config_refused_with_the_key_path(overlay, expect):
+    import yaml
+
+    from l2c import cells
+    config = cells._merge(yaml.safe_load(CONFIG.read_text()), overlay)
+    with pytest.raises(cells.ConfigError) as e:
+        cells.check_schema(config)
+        cells.plan(cells.resolve(config))
+    assert expect in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_check_config_names_the_yaml_line_and_the_key(tmp_path, capsys):
+    """snakemake says only "Config file is not valid JSON or YAML" for a syntax error (before the
+    workflow is read); l2c check-config reads the files as snakemake --configfile does and names the line."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  dit-digits:\n    nfe: {20: {theta: 0.5}\n    sampler: ddim\n")
+    assert main(["check-config", str(CONFIG), str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"l2c check-config: error: {bad}: not valid YAML at line 4") and "\n" not in err
+    over = tmp_path / "over.yaml"
+    over.write_text("models:\n  dit-digits:\n    nfe:\n      20:\n        theta: 1.5\n")
+    assert main(["check-config", str(CONFIG), str(over)]) == 2
+    assert "models.dit-digits.nfe.20.theta: 1.5 is out of range" in capsys.readouterr().err
+    assert main(["check-config", str(CONFIG)]) == 0
+    assert ": valid; " in capsys.readouterr().out
+    assert main(["check-config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: file not found" in capsys.readouterr().err
+
+
+def test_snakemake_refuses_a_bad_config_at_parse_time(tmp_path):
+    """common.smk: the key path in one line, before any job (a dry run)."""
+    import subprocess
+    import sys
+    over = tmp_path / "over.yaml"
+    over.write_text("models:\n  uvit-digits:\n    nfe:\n      19: {}\n")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(CONFIG), str(over)],
+                       cwd=CONFIG.parents[1], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert "invalid config: models.uvit-digits.nfe.19: DPM-Solver-2" in r.stdout + r.stderr
