@@ -2,6 +2,7 @@
 
     snakemake --cores all                                   # the embedded default (config/config.yaml)
     snakemake --cores all --configfile config/paper.yaml    # the paper's grid (bring the checkpoints)
+    snakemake --cores 2 --configfile config/rehearsal.yaml  # the paper's grid at toy scale, stand-in inputs
     snakemake --report report.html                          # tables and figures, captioned
 
 Stages per (model, NFE, method) cell: [pretrain] -> profile -> train router (per lambda) ->
@@ -24,6 +25,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/rehearsal.smk"
 
 
 localrules:

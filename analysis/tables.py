@@ -362,11 +362,12 @@ def to_markdown(df: pd.DataFrame, cap: str) -> str:
 
 
 def render_table(name: str, cells_csv: str | Path, paper_csv: str | Path = PAPER_RESULTS, *, csv: str | Path,
-                 md: str | Path, tex: str | Path) -> pd.DataFrame:
-    """Build table ``name`` from the cells and write it as CSV (full precision), Markdown and LaTeX."""
+                 md: str | Path, tex: str | Path, note: str | None = None) -> pd.DataFrame:
+    """Build table ``name`` from the cells and write it as CSV (full precision), Markdown and LaTeX;
+    ``note`` leads the caption (a rehearsal says its numbers are meaningless)."""
     df = pd.read_csv(cells_csv)
     t = TABLES[name](df, read_paper(paper_csv))
-    cap = caption(name, t)
+    cap = caption(name, t) if not note else f"{note} {caption(name, t)}"
     t.to_csv(csv, index=False)
     Path(md).write_text(to_markdown(t, cap))
     Path(tex).write_text(to_latex(t, cap, name))

@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "router": {"steps": 2000, "batch_size": 64, "lr": 1e-3, "clamp": 5.0, "reduction": "mean", "seed": 0,
                "label_dropout": 0.1, "ste_threshold": None},
     "figures": {"grid_samples": 16, "grid_methods": ["full", "l2c", "fewer", "drop", "random-drop"]},
+    "inception_weights": None,  # inception-adm weights file (default: torch-fidelity's place under $TORCH_HOME)
+    "rehearsal": None,  # stand-in inputs made by the workflow (config/rehearsal.yaml; l2c.rehearsal)
     "models": {},
 }
 
@@ -190,6 +192,7 @@ def resolve(config: dict) -> dict:
     _check_raw(config)
     cfg = _merge(DEFAULTS, config)
     cfg["check_files"] = cfg["check_files"] in (True, "true")  # --config check_files=false gives a string
+    cfg["inception_weights"] = _local(cfg["inception_weights"])
     for name, m in cfg["models"].items():
         m = _merge(MODEL_DEFAULTS, m)
         where = f"models.{name}"
@@ -346,6 +349,10 @@ def routers(cfg: dict) -> list[tuple[str, int, str, float]]:
 def external_files(cfg: dict) -> list[tuple[str, str, str]]:
     """Files the workflow reads but cannot make: (what, path, where to get it)."""
     out = []
+    if cfg.get("inception_weights") and any(m["backend"] == "inception-adm" for m in cfg["models"].values()):
+        out.append(("inception_weights", cfg["inception_weights"],
+                    "torch-fidelity's Inception-v3 weights: https://github.com/toshas/torch-fidelity/releases/download/"
+                    "v0.2.0/weights-inception-2015-12-05-6726825d.pth"))
     for name, m in cfg["models"].items():
         src = m["sources"]
 

@@ -44,20 +44,26 @@ class Diffusion:
 
     betas: np.ndarray  # (N,) float64
     timestep_map: np.ndarray  # (N,) int64
+    time_offset: int = 0  # network input = timestep_map + time_offset (U-ViT's labels n = 1..N: 1)
 
     @classmethod
-    def create(cls, nfe: int | None = None, num_timesteps: int = 1000) -> "Diffusion":
-        """Linear-beta diffusion, respaced to ``nfe`` steps when given (``None`` keeps all steps)."""
-        base = linear_betas(num_timesteps)
+    def create(cls, nfe: int | None = None, num_timesteps: int = 1000, betas: np.ndarray | None = None,
+               time_offset: int = 0) -> "Diffusion":
+        """Diffusion over ``betas`` (default: DDPM's linear betas), respaced to ``nfe`` steps when
+        given (``None`` keeps all steps). ``time_offset``: added to the original timestep index to
+        give the network's time input (0: ADM/DiT, index 0..N-1; 1: U-ViT, n = 1..N)."""
+        base = linear_betas(num_timesteps) if betas is None else np.asarray(betas, dtype=np.float64)
+        if len(base) != num_timesteps:
+            raise L2CError(f"diffusion: {len(base)} betas for {num_timesteps} timesteps")
         if nfe is None:
-            return cls(base, np.arange(num_timesteps))
+            return cls(base, np.arange(num_timesteps), time_offset)
         keep = space_timesteps(num_timesteps, nfe)
         acp = np.cumprod(1.0 - base)
         last, betas = 1.0, []
         for t in keep:
             betas.append(1 - acp[t] / last)
             last = acp[t]
-        return cls(np.array(betas, dtype=np.float64), np.array(keep, dtype=np.int64))
+        return cls(np.array(betas, dtype=np.float64), np.array(keep, dtype=np.int64), time_offset)
 
     def __post_init__(self) -> None:
         b = self.betas
@@ -82,8 +88,8 @@ class Diffusion:
         return out.reshape(-1, *([1] * (ndim - 1)))
 
     def model_timesteps(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Original timestep of every respaced index (what the network is conditioned on)."""
-        return torch.from_numpy(self.timestep_map).to(device)
+        """Network time input of every respaced index: the original timestep, plus ``time_offset``."""
+        return torch.from_numpy(self.timestep_map + self.time_offset).to(device)
 
     # -- forward process --------------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, i: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

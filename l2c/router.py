@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from .cache import CacheEngine, CacheSchedule, default_cache_steps
 from .data import load_dataset
-from .diffusion import Diffusion
+from .sampling import ddim_diffusion
 from .io import L2CError, check_resume, environment_record, load_torch, save_torch, truncate_jsonl_log, write_json
 from .models import load_model, num_sublayers
 
@@ -101,7 +101,7 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     cache_steps = list(range(1, cfg.nfe)) if cfg.objective == "trajectory" else default_cache_steps(cfg.nfe, cfg.sampler)
     if not cache_steps:
         raise L2CError(f"NFE {cfg.nfe} has no cache steps")
-    diffusion = Diffusion.create(cfg.nfe)
+    diffusion = ddim_diffusion(model, cfg.nfe)  # the model's own noise schedule and time input (U-ViT: SD betas)
     coef = diffusion.ddim_coefficients(dev)
     ts = diffusion.model_timesteps(dev)
     plan = None

@@ -35,6 +35,33 @@ def guided_model_fn(model: nn.Module, engine: CacheEngine, labels: torch.Tensor,
     return model_fn
 
 
+def ddim_diffusion(model: nn.Module, nfe: int) -> Diffusion:
+    """The respaced diffusion DDIM samples ``model`` with: the noise schedule and time input the
+    model was trained with (``l2c.dpm_solver.dpm_defaults``). DiT: DDPM's linear betas, network
+    input the timestep index 0..999. U-ViT on the SD schedule (the ImageNet releases): Stable
+    Diffusion's scaled-linear betas, network input U-ViT's n = index + 1 (its ``Schedule`` draws
+    n in 1..1000 and noises with the cumulative product of the first n betas)."""
+    from .dpm_solver import dpm_defaults, sd_betas  # noqa: PLC0415 (dpm_solver imports this module lazily)
+    d = dpm_defaults(model)
+    if d["noise_schedule"] not in ("sd", "linear") or d["time_input"] not in ("scaled", "type1"):
+        raise L2CError(f"DDIM for {type(model).__name__}: noise schedule {d['noise_schedule']!r} with time input "
+                       f"{d['time_input']!r} is not implemented; use the dpm2 sampler")
+    betas = sd_betas() if d["noise_schedule"] == "sd" else None
+    return Diffusion.create(nfe, betas=betas, time_offset=1 if d["time_input"] == "scaled" else 0)
+
+
+def ddim_setup(model: nn.Module, engine: CacheEngine, labels: torch.Tensor, nfe: int, cfg_scale: float,
+               cfg_channels: int | None = None) -> tuple[Diffusion, Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]]:
+    """(diffusion, eps function) of DDIM for ``model``: :func:`ddim_diffusion` and the model's
+    guidance form (DiT: one batched pass, eps_u + s (eps_c - eps_u), on for s > 1; U-ViT: two passes
+    on cache streams 0/1, eps_c + s (eps_c - eps_u), on for s > 0)."""
+    from .dpm_solver import dpm_defaults, guided_eps_fn  # noqa: PLC0415
+    diffusion = ddim_diffusion(model, nfe)
+    if dpm_defaults(model)["guidance"] == "uvit":
+        return diffusion, guided_eps_fn(model, engine, labels, cfg_scale, "uvit", cfg_channels)
+    return diffusion, guided_model_fn(model, engine, labels, cfg_scale, cfg_channels)
+
+
 @torch.no_grad()
 def sample(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *, sampler: str = "ddim", nfe: int,
            cfg_scale: float = 1.0, schedule: Optional[CacheSchedule] = None, cfg_channels: int | None = None,
@@ -58,7 +85,7 @@ def sample(model: nn.Module, noise: torch.Tensor, labels: torch.Tensor, *, sampl
         raise L2CError("the engine passed to sample() was built for another model or schedule")
     with engine.installed():
         if sampler == "ddim":
-            fn = guided_model_fn(model, engine, labels, cfg_scale, cfg_channels)
-            return ddim_sample(fn, noise, Diffusion.create(nfe), callback)
+            diffusion, fn = ddim_setup(model, engine, labels, nfe, cfg_scale, cfg_channels)
+            return ddim_sample(fn, noise, diffusion, callback)
         from .dpm_solver import dpm2_sample  # noqa: PLC0415
         return dpm2_sample(model, engine, noise, labels, nfe=nfe, cfg_scale=cfg_scale, callback=callback)

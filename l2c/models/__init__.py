@@ -19,8 +19,10 @@ def register(name: str, factory: Callable[..., nn.Module]) -> None:
 
 
 def _dit_factory(depth: int, hidden: int, heads: int, patch: int) -> Callable[..., nn.Module]:
-    def make(**kwargs: Any) -> nn.Module:
-        return DiT(depth=depth, hidden_size=hidden, num_heads=heads, patch_size=patch, **kwargs)
+    # hidden_size / num_heads may be overridden (a narrower model at the official depth and key
+    # layout, e.g. the stand-in checkpoints of config/rehearsal.yaml); depth and patch are the name's
+    def make(*, hidden_size: int = hidden, num_heads: int = heads, **kwargs: Any) -> nn.Module:
+        return DiT(depth=depth, hidden_size=hidden_size, num_heads=num_heads, patch_size=patch, **kwargs)
     return make
 
 
@@ -35,7 +37,19 @@ def _register_optional() -> None:
     except ImportError:
         return
     for name, factory in uvit.UVIT_MODELS.items():
-        register(name, factory)
+        register(name, _uvit_width(uvit, name, factory))
+
+
+def _uvit_width(uvit: Any, name: str, factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """A U-ViT factory that also takes ``hidden_size`` / ``num_heads`` (narrower, same depth and keys)."""
+    size, patch = name[len("U-ViT-"):].split("/")
+    hidden, depth, heads = uvit.UVIT_SIZES[size]
+
+    def make(*, hidden_size: int | None = None, num_heads: int | None = None, **kwargs: Any) -> nn.Module:
+        if hidden_size is None and num_heads is None:
+            return factory(**kwargs)
+        return uvit._uvit_factory(hidden_size or hidden, depth, num_heads or heads, int(patch))(**kwargs)
+    return make
 
 
 _register_optional()

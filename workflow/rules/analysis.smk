@@ -23,6 +23,8 @@ rule table:
                    labels={"table": "{table}"}),
         md=f"{R}/tables/{{table}}.md",
         tex=f"{R}/tables/{{table}}.tex",
+    params:
+        note=TABLE_NOTE,
     log:
         f"{W}/logs/analysis/table-{{table}}.log",
     conda:

@@ -74,6 +74,7 @@ rule evaluate:
     params:
         backend=backend_of,
         paired=paired_arg,
+        weights=weights_arg,
         device=device_arg,
     log:
         f"{W}/logs/evaluate/{{model}}-nfe{{nfe}}-{{method}}.log",
@@ -86,7 +87,7 @@ rule evaluate:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} l2c evaluate {input.samples} --ref {input.ref} --backend {params.backend} "
-        "{params.paired} {params.device} --out {output} > {log} 2>&1"
+        "{params.paired} {params.weights} {params.device} --out {output} > {log} 2>&1"
 
 
 rule latency:

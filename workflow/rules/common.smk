@@ -2,12 +2,13 @@
 # All grid logic lives in l2c/cells.py (plain Python, no torch at parse time); this file only
 # turns it into Snakemake inputs and params.
 import os
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from l2c import cells
+from l2c import cells, rehearsal
 from analysis import tables as atables
 
 try:  # one line naming the key path (snakemake's validate below prints the schema's internals)
@@ -21,7 +22,13 @@ try:
 except cells.ConfigError as e:
     raise WorkflowError(f"invalid config: {e}") from None
 
-MISSING = cells.missing_files(CFG)
+# a rehearsal config (config/rehearsal.yaml) makes its stand-in inputs itself (workflow/rules/rehearsal.smk)
+try:
+    STANDIN_PLAN = rehearsal.standin_plan(CFG) if CFG.get("rehearsal") else {}
+except cells.ConfigError as e:
+    raise WorkflowError(f"invalid config: {e}") from None
+STANDINS = {e["path"] for entries in STANDIN_PLAN.values() for e in entries}
+MISSING = [f for f in cells.missing_files(CFG) if f[1] not in STANDINS]
 CHECK_FILES = CFG["check_files"]
 if MISSING and CHECK_FILES:
     raise WorkflowError(cells.missing_message(MISSING))
@@ -49,6 +56,8 @@ def total_cores():
 # uses THREADS); on a GPU the gpu=1 limit already keeps it alone on the device
 LATENCY_CORES = max(total_cores(), THREADS) if GPU == 0 else THREADS
 PAPER_RESULTS = atables.PAPER_RESULTS  # published numbers (analysis/paper_results.csv)
+TABLE_NOTE = ("REHEARSAL (config/rehearsal.yaml): random stand-in weights and inputs at toy scale, so our numbers are "
+              "meaningless; the paper columns show where each published value sits." if CFG.get("rehearsal") else "")
 
 CELL = {(c.model, c.nfe, c.method): c for c in CELLS}
 ROUTERS = {(m, n, cells.router_id(o, lam)): (o, lam) for m, n, o, lam in cells.routers(CFG)}
@@ -79,8 +88,9 @@ def row(wildcards):
 
 
 def external(path):
-    """An input the workflow cannot make: declared only when files are checked (dry runs may skip)."""
-    return [path] if CHECK_FILES else []
+    """An input the workflow cannot make (or, in a rehearsal, makes as a stand-in): declared only when
+    files are checked (dry runs may skip) or when a rehearsal rule makes it."""
+    return [path] if CHECK_FILES or path in STANDINS else []
 
 
 def spec(wildcards, *keys):
@@ -166,10 +176,21 @@ def sample_inputs(wildcards):
 
 def eval_inputs(wildcards):
     d = f"{W}/{wildcards.model}/nfe{wildcards.nfe}/samples"
-    inputs = {"samples": f"{d}/{wildcards.method}.npz", "ref": reference_of(wildcards)}
+    inputs = {"samples": f"{d}/{wildcards.method}.npz", "ref": reference_of(wildcards), "weights": inception_weights(wildcards)}
     if wildcards.method != "full":
         inputs["full"] = f"{d}/full.npz"
     return inputs
+
+
+def inception_weights(wildcards):
+    """The Inception weights file of an inception-adm row when the config names one (default:
+    torch-fidelity's place under $TORCH_HOME, found by l2c evaluate itself)."""
+    w = CFG.get("inception_weights")
+    return external(w) if w and row(wildcards)["backend"] == "inception-adm" else []
+
+
+def weights_arg(wildcards, input):
+    return f"--weights {input.weights}" if "weights" in input.keys() and input.weights else ""
 
 
 def paired_arg(wildcards, input):
@@ -229,6 +250,16 @@ def grid_samples(wildcards):
 
 def sampler_of(wildcards):
     return row(wildcards)["sampler"]
+
+
+def standin_regex(kind, layout=None):
+    """The stand-in paths of a kind as a wildcard constraint (a rehearsal rule makes exactly these)."""
+    paths = [e["path"] for e in STANDIN_PLAN.get(kind, []) if layout is None or e.get("layout") == layout]
+    return "|".join(re.escape(p) for p in paths) if paths else "(?!)"
+
+
+def latents_entry(wildcards):
+    return next(e for e in STANDIN_PLAN["latents"] if e["path"] == wildcards.latents)
 
 
 # -- targets --------------------------------------------------------------------------------------
