@@ -141,10 +141,21 @@ def load_dataset(spec: str, image_size: int | None = None) -> TensorData | Image
         path = Path(arg)
         if not path.exists():
             raise L2CError(f"latents file {path}: not found (encode images once with `l2c encode-latents`)")
-        with np.load(path) as f:
-            if "latents" not in f or "labels" not in f:
-                raise L2CError(f"latents file {path}: needs arrays 'latents' and 'labels', found {list(f.keys())}")
-            return TensorData(torch.from_numpy(f["latents"]).float(), torch.from_numpy(f["labels"]).long(), spec)
+        try:
+            with np.load(path, allow_pickle=False) as f:  # never unpickles: object arrays are refused
+                if "latents" not in f or "labels" not in f:
+                    raise L2CError(f"latents file {path}: needs arrays 'latents' and 'labels', found {list(f.keys())}")
+                x, y = f["latents"], f["labels"]
+        except L2CError:
+            raise
+        except Exception as e:  # truncated / corrupt zip, pickled object arrays, not an .npz
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            raise L2CError(f"latents file {path}: cannot be read ({type(e).__name__}: {first}); it is corrupt, "
+                           "holds Python objects or is not an .npz: encode the images again with `l2c encode-latents`") from None
+        if x.dtype.kind not in "fiu" or y.dtype.kind not in "iu" or x.ndim != 4 or y.shape != (len(x),):
+            raise L2CError(f"latents file {path}: expected float latents [N, C, H, W] and N integer labels, got "
+                           f"{x.dtype} {x.shape} and {y.dtype} {y.shape}")
+        return TensorData(torch.from_numpy(x).float(), torch.from_numpy(y).long(), spec)
     if kind == "random":
         return _random_data(spec, arg)
     raise L2CError(f"data spec {spec!r}: expected digits:SPLIT, folder:PATH, latents:PATH.npz or random:CxHxW:CLASSES")

@@ -2,11 +2,16 @@
 
 Sample ``n``'s initial noise and label depend only on ``(seed, n)``, never on the method, schedule,
 batch size or sharding, so two cells that differ only in their schedule are paired sample by sample.
-Work is split in shards of ``shard_size`` samples written atomically to ``OUT.shards/``; a killed run
-resumes from its finished shards and the merged file equals an uninterrupted run's byte for byte.
-Several processes/GPUs can each compute a shard range and one merge assembles the file."""
+Work is split in shards of ``shard_size`` samples written atomically to ``OUT.shards/``, each with a
+record of its sha256; a killed run resumes from its verified shards and the merged file equals an
+uninterrupted run's byte for byte. Several processes/GPUs can each compute a shard range (or simply
+run the same command: shards are claimed with file locks) and one merge assembles the file; the
+sidecar ``OUT.json`` records the merged file's sha256, so a damaged output is recomputed, never
+reported complete (see :func:`generate`)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -22,7 +27,7 @@ from tqdm import tqdm
 
 from .cache import CacheSchedule
 from .data import float_to_uint8
-from .io import L2CError, environment_record, write_json, write_npz
+from .io import L2CError, environment_record, lock_path, locked, read_npz_verified, sha256_file, write_json, write_npz
 from .models import load_model
 from .sampling import sample
 from .vae import SD_VAE_SCALE, load_vae
@@ -138,18 +143,144 @@ def num_shards(cfg: SampleConfig) -> int:
     return -(-cfg.num_samples // cfg.shard_size)
 
 
-def _shard_ok(path: Path) -> bool:
+def config_digest(cfg: SampleConfig) -> str:
+    """sha256 of the configuration (recorded with every shard, so a shard names what made it)."""
+    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _shard_files(sdir: Path, s: int) -> tuple[Path, Path]:
+    return sdir / f"shard-{s:05d}.npz", sdir / f"shard-{s:05d}.json"
+
+
+def _shard_record(sdir: Path, s: int) -> dict | None:
     try:
-        with np.load(path) as f:
-            return "arr_0" in f and "arr_1" in f
-    except Exception:  # a truncated shard from a crash is recomputed
+        rec = json.loads(_shard_files(sdir, s)[1].read_text())
+        return rec if isinstance(rec, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def shard_problem(sdir: Path, s: int, cfg: SampleConfig, warn: bool = True) -> str | None:
+    """Why shard ``s`` cannot be used (``None``: it is complete and its bytes have the sha256 of its
+    record). Anything but a plain absence is logged as a warning naming the shard (``warn``)."""
+    npz, rec_path = _shard_files(sdir, s)
+    if not npz.exists():
+        return "missing"
+    rec = _shard_record(sdir, s)
+    if rec is None:
+        why = "has no readable record (its run was killed before recording it)"
+    elif rec.get("config_sha256") != config_digest(cfg):
+        why = "was made by another configuration"
+    elif rec.get("sha256") != sha256_file(npz):
+        why = "is damaged: its bytes do not have the sha256 in its record"
+    else:
+        return None
+    if warn:
+        log.warning("shard %s %s; recomputing it", npz, why)
+    return why
+
+
+def _complete(out: Path, cfg: SampleConfig) -> bool:
+    """Whether ``out`` holds this configuration's samples: its sidecar records this configuration and
+    the sha256 of ``out``'s bytes, and the bytes still have it (a damaged output is logged)."""
+    rec = out.with_suffix(".json")
+    if not out.exists() or not rec.exists():
         return False
+    try:
+        meta = json.loads(rec.read_text())
+    except (OSError, ValueError):
+        log.warning("%s: unreadable record; recomputing %s", rec, out)
+        return False
+    if not isinstance(meta, dict) or meta.get("config") != json.loads(json.dumps(asdict(cfg))):
+        return False
+    if "sha256" not in meta:
+        log.warning("%s: its record %s has no sha256 (written by an older version), so it cannot be verified; "
+                    "recomputing it", out, rec)
+        return False
+    if sha256_file(out) != meta["sha256"]:
+        log.warning("%s is damaged or truncated: its bytes do not have the sha256 recorded in %s; recomputing it",
+                    out, rec)
+        return False
+    return True
+
+
+def _check_shard_dir(sdir: Path, cfg: SampleConfig) -> bool:
+    """Refuse a shards folder holding another configuration's shards; True when its config.json
+    must be (re)written (absent, or naming another configuration but holding no shard)."""
+    from .io import read_json
+    conf = sdir / "config.json"
+    if not conf.exists():
+        return True
+    try:
+        old = read_json(conf)
+    except L2CError:
+        old = None
+    if old == json.loads(json.dumps(asdict(cfg))):
+        return False
+    if not any(sdir.glob("shard-*.npz")):
+        return True  # nothing computed under the old configuration: nothing to protect
+    if not isinstance(old, dict):
+        raise L2CError(f"{conf}: unreadable, and {sdir} holds shards; delete that folder or use another output path")
+    diff = sorted(k for k in set(old) | set(asdict(cfg)) if old.get(k) != json.loads(json.dumps(asdict(cfg))).get(k))
+    raise L2CError(f"{sdir} holds shards of a different configuration (differs in {diff}); "
+                   "delete that folder or use another output path")
+
+
+def _write_shard(gen: Generator, cfg: SampleConfig, sdir: Path, s: int, bar, t0: float) -> None:
+    npz, rec = _shard_files(sdir, s)
+    rec.unlink(missing_ok=True)  # a record never outlives the bytes it describes
+    lo, hi = s * cfg.shard_size, min((s + 1) * cfg.shard_size, cfg.num_samples)
+    imgs, labs = [], []
+    for b in range(lo, hi, cfg.batch_size):
+        idx = np.arange(b, min(b + cfg.batch_size, hi))
+        x, y = gen.images(idx)
+        imgs.append(x)
+        labs.append(y)
+        bar.update(len(idx))
+        bar.set_postfix(img_s=f"{bar.n / max(time.time() - t0, 1e-9):.1f}")
+    sha = write_npz(npz, arr_0=np.concatenate(imgs), arr_1=np.concatenate(labs))
+    write_json(rec, {"sha256": sha, "config_sha256": config_digest(cfg), "first_sample": lo, "stop_sample": hi})
+    log.info("shard %d/%d written (%d samples)", s + 1, num_shards(cfg), hi - lo)
+
+
+def _compute_shards(gen: Generator, cfg: SampleConfig, sdir: Path, todo: list[int], out: Path, progress: bool,
+                    t0: float) -> None:
+    """Compute the shards of ``todo``, each under its claim ``shard-N.lock``: a shard claimed by
+    another run is skipped at first, then waited for and recomputed only if that run did not finish it."""
+    n_todo = sum(min(cfg.shard_size, cfg.num_samples - s * cfg.shard_size) for s in todo)
+    bar = tqdm(total=n_todo, disable=not progress, desc=f"sample {out.name}", unit="img")
+    pending, blocking = list(todo), False
+    try:
+        while pending:
+            busy = []
+            for s in pending:
+                try:
+                    with locked(sdir / f"shard-{s:05d}.lock", blocking=blocking, what="shard") as held:
+                        if not held:
+                            busy.append(s)
+                        elif shard_problem(sdir, s, cfg, warn=False) is not None:
+                            _write_shard(gen, cfg, sdir, s, bar, t0)
+                except FileNotFoundError:  # the shards folder is gone: another run merged the output
+                    return
+            pending, blocking = busy, True
+    finally:
+        bar.close()
 
 
 def generate(cfg: SampleConfig, out: str | os.PathLike, shards: tuple[int, int] | None = None,
              progress: bool = True, keep_shards: bool = False) -> Path | None:
     """Compute the missing shards (all, or the range ``shards = (first, stop)``) and, when every shard
-    is present, merge them into ``out`` (``arr_0`` uint8 NHWC, ``arr_1`` labels) plus ``out.json``."""
+    is present, merge them into ``out`` (``arr_0`` uint8 NHWC, ``arr_1`` labels) plus ``out.json``.
+
+    Nothing is trusted unverified: ``out`` counts as done only when ``out.json`` records this
+    configuration and ``out``'s sha256; a shard only when ``shard-N.json`` records its sha256 and this
+    configuration's; anything else is logged by name and recomputed. Every check happens before
+    anything is written (the shards folder and its ``config.json`` appear with the first work).
+
+    Concurrent runs into one output cooperate: each shard is claimed with ``flock`` on
+    ``OUT.shards/shard-N.lock`` (another run's shard is skipped, then waited for), and the completeness
+    check and the merge hold ``OUT.lock``, so a second identical run shares the work and then finds
+    the output complete. A killed run's locks vanish with it."""
     out = Path(out)
     if cfg.num_samples < 1 or cfg.shard_size < 1 or cfg.batch_size < 1:
         raise L2CError("num_samples, shard_size and batch_size must be positive")
@@ -158,72 +289,62 @@ def generate(cfg: SampleConfig, out: str | os.PathLike, shards: tuple[int, int] 
         if given and Path(given).resolve() == out.with_suffix(".json").resolve():
             raise L2CError(f"output {out} would write its record {out.with_suffix('.json')} over the {name} file it "
                            f"reads; choose another output name")
-    if out.exists() and out.with_suffix(".json").exists() and _sidecar_config(out) == asdict(cfg):
-        log.info("%s is complete for this configuration; nothing to do", out)
-        return out
-    sdir = shard_dir(out)
-    sdir.mkdir(parents=True, exist_ok=True)
-    if (sdir / "config.json").exists():
-        _check_same_config(sdir, cfg)
-    else:
-        write_json(sdir / "config.json", asdict(cfg))
     total = num_shards(cfg)
     first, stop = shards or (0, total)
-    todo = [s for s in range(first, min(stop, total)) if not _shard_ok(sdir / f"shard-{s:05d}.npz")]
+    if first < 0 or stop < first:
+        raise L2CError(f"shard range {first}:{stop}: expected 0 <= first <= stop (this configuration has {total} shards)")
+    wanted = list(range(first, min(stop, total)))
+    sdir = shard_dir(out)
+    with locked(lock_path(out)):
+        if _complete(out, cfg):
+            log.info("%s is complete for this configuration (sha256 verified); nothing to do", out)
+            return out
     t0 = time.time()
-    if todo:
-        gen = Generator(cfg)
-        n_todo = sum(min(cfg.shard_size, cfg.num_samples - s * cfg.shard_size) for s in todo)
-        bar = tqdm(total=n_todo, disable=not progress, desc=f"sample {out.name}", unit="img")
-        for s in todo:
-            lo, hi = s * cfg.shard_size, min((s + 1) * cfg.shard_size, cfg.num_samples)
-            imgs, labs = [], []
-            for b in range(lo, hi, cfg.batch_size):
-                idx = np.arange(b, min(b + cfg.batch_size, hi))
-                x, y = gen.images(idx)
-                imgs.append(x)
-                labs.append(y)
-                bar.update(len(idx))
-                bar.set_postfix(img_s=f"{bar.n / max(time.time() - t0, 1e-9):.1f}")
-            write_npz(sdir / f"shard-{s:05d}.npz", arr_0=np.concatenate(imgs), arr_1=np.concatenate(labs))
-            log.info("shard %d/%d written (%d samples)", s + 1, total, hi - lo)
-        bar.close()
-    missing = [s for s in range(total) if not _shard_ok(sdir / f"shard-{s:05d}.npz")]
-    if missing:
-        log.info("%d shards still missing; not merging", len(missing))
-        return None
-    merge(cfg, out, elapsed=time.time() - t0)
-    if not keep_shards:
-        shutil.rmtree(sdir)
-    return out
+    gen = None
+    for _attempt in range(3):
+        todo = [s for s in wanted if shard_problem(sdir, s, cfg) is not None]
+        if todo:
+            _check_shard_dir(sdir, cfg)
+            if gen is None:
+                gen = Generator(cfg)  # validates model, schedule and VAE before anything is written
+            with locked(lock_path(out)):
+                if _check_shard_dir(sdir, cfg):
+                    sdir.mkdir(parents=True, exist_ok=True)
+                    write_json(sdir / "config.json", asdict(cfg))
+            _compute_shards(gen, cfg, sdir, todo, out, progress, t0)
+        with locked(lock_path(out)):
+            if _complete(out, cfg):  # merged meanwhile by a run sharing the work
+                return out
+            missing = [s for s in range(total) if shard_problem(sdir, s, cfg, warn=False) is not None]
+            if missing and not set(missing) & set(wanted):
+                log.info("%d shards still missing; not merging", len(missing))
+                return None
+            if not missing and merge(cfg, out, elapsed=time.time() - t0):
+                if not keep_shards:
+                    shutil.rmtree(sdir, ignore_errors=True)
+                return out
+    raise L2CError(f"{sdir}: shards kept failing verification after 3 attempts (is another program writing there?); "
+                   "delete that folder and rerun")
 
 
-def _sidecar_config(out: Path) -> dict | None:
-    from .io import read_json
-    try:
-        return read_json(out.with_suffix(".json")).get("config")
-    except (L2CError, AttributeError):
-        return None
-
-
-def _check_same_config(sdir: Path, cfg: SampleConfig) -> None:
-    from .io import read_json
-    old = read_json(sdir / "config.json")
-    if old != asdict(cfg):
-        diff = sorted(k for k in set(old) | set(asdict(cfg)) if old.get(k) != asdict(cfg).get(k))
-        raise L2CError(f"{sdir} holds shards of a different configuration (differs in {diff}); "
-                       "delete that folder or use another output path")
-
-
-def merge(cfg: SampleConfig, out: Path, elapsed: float | None = None) -> None:
+def merge(cfg: SampleConfig, out: Path, elapsed: float | None = None) -> bool:
+    """Concatenate the verified shards into ``out`` and write ``out.json`` (configuration, sha256 of
+    ``out``, environment). False (nothing written) if a shard fails verification while being read."""
     sdir = shard_dir(out)
     imgs, labs = [], []
     for s in range(num_shards(cfg)):
-        with np.load(sdir / f"shard-{s:05d}.npz") as f:
-            imgs.append(f["arr_0"])
-            labs.append(f["arr_1"])
-    write_npz(out, arr_0=np.concatenate(imgs), arr_1=np.concatenate(labs))
-    meta = {"config": asdict(cfg), "num_samples": cfg.num_samples, "environment": environment_record(cfg.device, cfg.dtype)}
+        npz, _ = _shard_files(sdir, s)
+        rec = _shard_record(sdir, s) or {}
+        arrays = read_npz_verified(npz, rec.get("sha256", ""), "shard") if npz.exists() else None
+        if arrays is None or rec.get("config_sha256") != config_digest(cfg):
+            log.warning("shard %s changed or vanished before the merge; recomputing it", npz)
+            return False
+        imgs.append(arrays["arr_0"])
+        labs.append(arrays["arr_1"])
+    sha = write_npz(out, arr_0=np.concatenate(imgs), arr_1=np.concatenate(labs))
+    meta = {"config": asdict(cfg), "num_samples": cfg.num_samples, "sha256": sha,
+            "environment": environment_record(cfg.device, cfg.dtype)}
     if elapsed is not None:
         meta["wall_time_s_this_run"] = elapsed
     write_json(out.with_suffix(".json"), meta)
+    return True

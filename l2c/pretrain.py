@@ -87,7 +87,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: bool = True) ->
         gen.set_state(ck["rng"])
         step, elapsed = ck["step"], ck["elapsed"]
         log.info("resumed from %s at step %d", ckpt_path, step)
-        truncate_jsonl_log(out / "train_log.jsonl", step)
+    # the log keeps exactly the lines up to the checkpoint resumed from (none without one)
+    truncate_jsonl_log(out / "train_log.jsonl", step)
 
     def save_state() -> None:
         save_torch({"format": "l2c-suite/pretrain-state", "config": asdict(cfg), "model": model.state_dict(),

@@ -116,13 +116,17 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     ckpt = out / "checkpoint.pt"
     if ckpt.exists():
         ck = load_torch(ckpt, "router checkpoint")
+        if not isinstance(ck, dict) or ck.get("format") != "l2c-suite/router-state":
+            raise L2CError(f"router checkpoint {ckpt}: not a router training state; delete it to start afresh")
         check_resume(ck.get("config", {}), asdict(cfg), ckpt, "router checkpoint")
         with torch.no_grad():
             beta.copy_(ck["beta"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["rng"])
         step, elapsed = ck["step"], ck["elapsed"]
-        truncate_jsonl_log(out / "train_log.jsonl", step)
+    # the log keeps exactly the lines up to the checkpoint resumed from (none without one: a run
+    # killed before its first checkpoint restarts it empty), so no line is ever written twice
+    truncate_jsonl_log(out / "train_log.jsonl", step)
 
     engine = CacheEngine(model)
     steps_t = torch.tensor(cache_steps)

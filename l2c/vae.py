@@ -17,6 +17,7 @@ stores the posterior mean. Work goes in shards written atomically to ``OUT.shard
 run resumes; the merged file is written atomically and the shards removed."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -27,7 +28,8 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .io import L2CError, check_resume, environment_record, load_torch, read_json, write_json, write_npz
+from .io import (L2CError, check_resume, environment_record, load_torch, lock_path, locked, read_json, read_npz_verified,
+                 sha256_file, write_json, write_npz)
 
 log = logging.getLogger("l2c.vae")
 
@@ -107,12 +109,54 @@ def load_vae(path: str, device: torch.device | str = "cpu") -> nn.Module:
             raise L2CError(f"autoencoder file {path} not found: {VAE_HINT}")
         vae = vae_from_ldm_state_dict(_read_state_dict(p), str(p))
     else:
-        AutoencoderKL = _diffusers()
-        try:
-            vae = AutoencoderKL.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise L2CError(f"SD VAE {path!r} not found locally ({str(e).splitlines()[0][:160]}): {VAE_HINT}") from e
+        vae = _vae_from_folder(path)
     return vae.to(device).eval().requires_grad_(False)
+
+
+def _vae_folder(path: str) -> Path:
+    """A diffusers VAE folder: ``path`` itself, or a Hugging Face id's snapshot already in the local
+    cache (never downloaded)."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(repo_id=path, local_files_only=True))
+    except Exception as e:  # not a folder, not a valid id, or not in the cache
+        raise L2CError(f"SD VAE {path!r} not found locally ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}): "
+                       f"{VAE_HINT}") from None
+
+
+def _vae_from_folder(path: str) -> nn.Module:
+    """diffusers' AutoencoderKL of a folder: safetensors weights through diffusers (``use_safetensors``:
+    never its pickle path), or ``diffusion_pytorch_model.bin`` read here with ``weights_only=True``
+    and loaded strictly into a model built from the folder's ``config.json``."""
+    AutoencoderKL = _diffusers()
+    folder = _vae_folder(path)
+    if not (folder / "config.json").is_file():
+        raise L2CError(f"SD VAE {path!r}: folder {folder} has no config.json; {VAE_HINT}")
+    if any(folder.glob("diffusion_pytorch_model*.safetensors")) or (folder / "diffusion_pytorch_model.safetensors.index.json").exists():
+        try:
+            return AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise L2CError(f"SD VAE {folder}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                           "the files are corrupt or not an AutoencoderKL: download them again") from None
+    weights = folder / "diffusion_pytorch_model.bin"
+    if not weights.is_file():
+        raise L2CError(f"SD VAE {path!r}: folder {folder} has neither diffusion_pytorch_model.safetensors nor "
+                       f"diffusion_pytorch_model.bin; {VAE_HINT}")
+    sd = load_torch(weights, "SD VAE weights")  # weights_only: a pickled payload is refused, never run
+    try:
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder))
+    except (OSError, ValueError, TypeError) as e:
+        raise L2CError(f"SD VAE {folder}/config.json: not an AutoencoderKL config ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(sd, dict):
+        raise L2CError(f"SD VAE weights {weights}: expected a state dict, got {type(sd).__name__}")
+    missing, unexpected = vae.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise L2CError(f"SD VAE weights {weights}: do not fit the AutoencoderKL of {folder / 'config.json'} "
+                       f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    return vae
 
 
 def encode_latents(data: str, out: str | os.PathLike, vae: str | nn.Module, *, image_size: int = 256, mode: str = "sample",
@@ -129,26 +173,55 @@ def encode_latents(data: str, out: str | os.PathLike, vae: str | nn.Module, *, i
     run = {"data": data, "image_size": image_size, "mode": mode, "seed": seed, "count": n, "shard_size": shard_size,
            "vae": vae if isinstance(vae, str) else "(module)"}
     record = out.with_suffix(".json")
-    if out.exists() and record.exists() and isinstance(vae, str):
-        done = read_json(record)
-        if {k: done.get(k) for k in run} == run:
-            log.info("%s is complete for this configuration; nothing to do", out)
+    with locked(lock_path(out), what="latents output"):  # a second identical run waits, then finds it complete
+        if isinstance(vae, str) and _latents_complete(out, record, run):
+            log.info("%s is complete for this configuration (sha256 verified); nothing to do", out)
             return out
-    model = load_vae(vae, dev) if isinstance(vae, str) else vae.to(dev).eval()
-    shards = out.with_name(out.name + ".shards")
-    shards.mkdir(parents=True, exist_ok=True)
-    if (shards / "config.json").exists():
-        check_resume(read_json(shards / "config.json"), run, shards, "latent shard folder")
-    else:
-        write_json(shards / "config.json", run)
+        model = load_vae(vae, dev) if isinstance(vae, str) else vae.to(dev).eval()
+        shards = out.with_name(out.name + ".shards")
+        if any(shards.glob("*.npz")):  # shards of another configuration are refused, never mixed in
+            check_resume(read_json(shards / "config.json"), run, shards, "latent shard folder")
+        else:  # written only once every input has been validated; a folder without shards binds nothing
+            shards.mkdir(parents=True, exist_ok=True)
+            write_json(shards / "config.json", run)
+        return _encode_shards(ds, model, run, out, record, shards, batch_size, dev, progress)
+
+
+def _latents_complete(out: Path, record: Path, run: dict) -> bool:
+    if not out.exists() or not record.exists():
+        return False
+    try:
+        done = read_json(record)
+    except L2CError:
+        log.warning("%s: unreadable record; recomputing %s", record, out)
+        return False
+    if not isinstance(done, dict) or {k: done.get(k) for k in run} != run:
+        return False
+    if done.get("sha256") != sha256_file(out):
+        log.warning("%s is damaged or truncated (or has no recorded sha256): its bytes do not have the sha256 in %s; "
+                    "recomputing it", out, record)
+        return False
+    return True
+
+
+def _encode_shards(ds, model, run: dict, out: Path, record: Path, shards: Path, batch_size: int, dev: torch.device,
+                   progress: bool) -> Path:
+    """Encode every shard whose recorded sha256 does not match its bytes, then merge verified shards."""
+    n, shard_size, mode, seed, data = run["count"], run["shard_size"], run["mode"], run["seed"], run["data"]
     starts = list(range(0, n, shard_size))
     bar = tqdm(total=n, disable=not progress, desc="encode", unit="img")
     for s in starts:
-        shard = shards / f"{s:09d}.npz"
+        shard, shard_rec = shards / f"{s:09d}.npz", shards / f"{s:09d}.json"
         stop = min(s + shard_size, n)
         if shard.exists():
-            bar.update(stop - s)
-            continue
+            rec = _read_record(shard_rec)
+            if rec.get("sha256") == sha256_file(shard):
+                bar.update(stop - s)
+                continue
+            log.warning("latent shard %s %s; recomputing it", shard,
+                        "is damaged: its bytes do not have the sha256 in its record" if rec
+                        else "has no record (its run was killed before recording it)")
+        shard_rec.unlink(missing_ok=True)
         zs, ys = [], []
         for b in range(s, stop, batch_size):
             idx = torch.arange(b, min(b + batch_size, stop))
@@ -165,10 +238,26 @@ def encode_latents(data: str, out: str | os.PathLike, vae: str | nn.Module, *, i
             zs.append((SD_VAE_SCALE * z).float().cpu().numpy())
             ys.append(y.numpy())
             bar.update(len(idx))
-        write_npz(shard, latents=np.concatenate(zs), labels=np.concatenate(ys).astype(np.int64))
+        sha = write_npz(shard, latents=np.concatenate(zs), labels=np.concatenate(ys).astype(np.int64))
+        write_json(shard_rec, {"sha256": sha, "first": s, "stop": stop})
     bar.close()
-    parts = [np.load(shards / f"{s:09d}.npz") for s in starts]
-    write_npz(out, latents=np.concatenate([p["latents"] for p in parts]), labels=np.concatenate([p["labels"] for p in parts]))
-    write_json(record, {**run, "scale": SD_VAE_SCALE, "environment": environment_record(dev)})
-    shutil.rmtree(shards)
+    parts = []
+    for s in starts:
+        arrays = read_npz_verified(shards / f"{s:09d}.npz", _read_record(shards / f"{s:09d}.json").get("sha256", ""),
+                                   "latent shard")
+        if arrays is None:
+            raise L2CError(f"latent shard {shards / f'{s:09d}.npz'} changed while merging (is another program writing "
+                           "there?); rerun to recompute it")
+        parts.append(arrays)
+    sha = write_npz(out, latents=np.concatenate([p["latents"] for p in parts]), labels=np.concatenate([p["labels"] for p in parts]))
+    write_json(record, {**run, "scale": SD_VAE_SCALE, "sha256": sha, "environment": environment_record(dev)})
+    shutil.rmtree(shards, ignore_errors=True)
     return out
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        rec = json.loads(path.read_text())
+        return rec if isinstance(rec, dict) else {}
+    except (OSError, ValueError):
+        return {}

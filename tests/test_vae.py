@@ -119,7 +119,7 @@ def test_encode_latents_resumes_and_is_batch_independent(tmp_path, monkeypatch):
         calls.append(path)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        real(path, **arrays)
+        return real(path, **arrays)
     monkeypatch.setattr(vae_mod, "write_npz", dying)
     with pytest.raises(KeyboardInterrupt):
         encode_latents(spec, tmp_path / "c.npz", str(tmp_path / "vae"), image_size=8, batch_size=2, shard_size=2, progress=False)
@@ -127,11 +127,16 @@ def test_encode_latents_resumes_and_is_batch_independent(tmp_path, monkeypatch):
     assert len(list((tmp_path / "c.npz.shards").glob("*.npz"))) == 1 and not (tmp_path / "c.npz").exists()
     encode_latents(spec, tmp_path / "c.npz", str(tmp_path / "vae"), image_size=8, batch_size=2, shard_size=2, progress=False)
     assert (tmp_path / "c.npz").read_bytes() == a.read_bytes()
-    # a shard folder of another config is refused, naming the key
+    # a shard folder holding another config's shards is refused, naming the key
     (tmp_path / "e.npz.shards").mkdir()
     (tmp_path / "e.npz.shards" / "config.json").write_text('{"mode": "mean"}')
+    (tmp_path / "e.npz.shards" / "000000000.npz").write_bytes(b"other")
     with pytest.raises(L2CError, match="latent shard folder .*differs in"):
         encode_latents(spec, tmp_path / "e.npz", str(tmp_path / "vae"), image_size=8, shard_size=2, progress=False)
+    # ... but a folder without shards (left by a run that failed validation) binds nothing
+    (tmp_path / "e.npz.shards" / "000000000.npz").unlink()
+    encode_latents(spec, tmp_path / "e.npz", str(tmp_path / "vae"), image_size=8, batch_size=2, shard_size=2, progress=False)
+    assert (tmp_path / "e.npz").read_bytes() == a.read_bytes()
     assert main(["encode-latents", "--data", spec, "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "d.npz"),
                  "--image-size", "8", "--limit", "4", "--no-progress"]) == 0
     assert len(load_dataset(f"latents:{tmp_path / 'd.npz'}")) == 4

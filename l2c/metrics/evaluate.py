@@ -8,6 +8,15 @@ reference ``arr_0``) and ``inception-adm`` (torch-fidelity's Inception port plus
 reference statistics taken from the file's ``mu``/``sigma``/``mu_s``/``sigma_s`` when present, as ADM
 does). Precision/recall and KID always use the reference ``arr_0`` features.
 
+Every evaluation cross-checks its FID through clean-fid's own API (:mod:`l2c.metrics.crosscheck`):
+by default clean-fid's feature loop with the same network as its custom feature extractor, then
+clean-fid's statistics and Fréchet distance against the same reference statistics
+(``cleanfid="frechet"``: clean-fid's Fréchet distance on our statistics only, without the feature
+pass). The number is recorded (``fid_cleanfid``, details in ``cleanfid``) and a relative
+disagreement above 1e-3 is an ``L2CError`` naming both numbers. Cost: one more feature pass over
+the samples and one more matrix square root (for 2048-d Inception features, seconds on a GPU
+node's CPU; about a minute on 2 shared cores).
+
 JSON convention (:func:`write_evaluation`): non-finite numbers are written as ``null``. The only
 expected one is ``paired.psnr_db`` (PSNR of the mean MSE), which is ``inf`` in Python and ``null``
 in JSON when the two files are identical (mean MSE 0). Per-sample PSNRs are capped at
@@ -24,6 +33,7 @@ import torch
 
 from ..io import L2CError, environment_record, write_json
 from . import adm
+from .crosscheck import check_agreement, cleanfid_fid
 from .features import (EMBEDDED_DIGITS_WEIGHTS, INCEPTION_ADM_NAME, AdmInceptionExtractor, DigitsFidelityExtractor,
                        digits_extractor_name, sha256_file)
 from .npz import NpzBatch, check_compatible, open_npz
@@ -35,6 +45,7 @@ KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
 KID_SEED = 2020  # torch-fidelity's default rng_seed
 DEFAULT_BATCH_SIZE = {"digits": 500, "inception-adm": 64}
+CLEANFID_CHECKS = ("full", "frechet")
 
 
 def make_extractor(backend: str, weights: str | Path | None = None, device: str | torch.device = "cpu",
@@ -118,14 +129,18 @@ def paired_fidelity(samples: NpzBatch, full: NpzBatch, batch_size: int = 1000) -
 def evaluate(samples_npz: str | Path, ref_npz: str | Path, backend: str = "digits", weights: str | Path | None = None,
              batch_size: int | None = None, device: str | torch.device = "cpu", paired_with: str | Path | None = None,
              kid: bool = True, split_size: int = 5000, allow_download: bool = False,
-             pr_dtype=np.float32) -> dict:
+             pr_dtype=np.float32, cleanfid: str = "full") -> dict:
     """Evaluate ``samples_npz`` against ``ref_npz`` (see the module docstring). Returns a dict with
     ``inception_score``, ``fid``, ``sfid``, ``precision``, ``recall``, ``kid_mean``/``kid_std`` (when
     ``kid``), ``paired`` (when ``paired_with``), and provenance: backend, extractor name with weights
-    hash, counts, reference-statistics source, timings, environment."""
+    hash, counts, reference-statistics source, timings, environment; ``fid_cleanfid`` and
+    ``cleanfid`` hold clean-fid's recomputation (``cleanfid``: ``full`` or ``frechet``, see the
+    module docstring)."""
     t_start = time.time()
     if backend not in BACKENDS:
         raise L2CError(f"unknown metrics back-end {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if cleanfid not in CLEANFID_CHECKS:
+        raise L2CError(f"clean-fid cross-check {cleanfid!r}: expected one of {', '.join(CLEANFID_CHECKS)}")
     samples = open_npz(samples_npz, "samples")
     ref = open_npz(ref_npz, "reference")
     check_compatible(samples, ref)
@@ -164,11 +179,21 @@ def evaluate(samples_npz: str | Path, ref_npz: str | Path, backend: str = "digit
     res = {}
     res["inception_score"] = adm.inception_score(fs["logits"], split_size=split_size)
     if samples.n >= 2:
-        res["fid"] = adm.frechet_distance(*adm.feature_statistics(fs["pool"]), *ref_stats["pool"])
+        pool_stats = adm.feature_statistics(fs["pool"])
+        res["fid"] = adm.frechet_distance(*pool_stats, *ref_stats["pool"])
         res["sfid"] = adm.frechet_distance(*adm.feature_statistics(fs["spatial"]), *ref_stats["spatial"])
     else:
         res["fid"] = res["sfid"] = None
     timings["fid_is_s"] = time.time() - t
+    if res["fid"] is not None:
+        t = time.time()
+        check = cleanfid_fid(samples, extractor, layers["pool"], pool_stats, ref_stats["pool"], batch_size, device,
+                             features=cleanfid == "full")
+        check["max_relative_difference"] = check_agreement(res["fid"], check, pool_stats[1], ref_stats["pool"][1],
+                                                           source=str(samples.path))
+        res["fid_cleanfid"] = check["fid_features" if cleanfid == "full" else "fid_frechet"]
+        res["cleanfid"] = check
+        timings["cleanfid_s"] = time.time() - t
     t = time.time()
     if samples.n > PR_K and ref.n > PR_K:
         res["precision"], res["recall"] = adm.precision_recall(fr["pool"], fs["pool"], k=PR_K, dtype=pr_dtype)

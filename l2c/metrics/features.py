@@ -16,12 +16,15 @@ statistics caches never mix weights (:func:`register_digits_extractor`).
 ``inception-adm`` back-end: :class:`AdmInceptionExtractor`, torch-fidelity's
 ``FeatureExtractorInceptionV3`` (the 2015 TF graph ported) plus the sFID tap ADM uses: the output
 of ``Mixed_6d.branch1x1`` (TF ``mixed_6/conv``), channels [:7], NHWC-flattened (17x17x7 = 2023-d).
+Its weights file (``pt_inception-2015-12-05``, a plain state dict) is read here with
+``weights_only=True`` (:func:`l2c.io.load_torch`) and loaded strictly into the module;
+torch-fidelity's own loader (``torch.load(..., weights_only=False)``) only ever sees an in-memory
+empty dict, so no weights file, given or found under ``$TORCH_HOME``, can run code.
 
 Run ``python -m l2c.metrics.features --out PATH`` to (re)train the digits network."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import shlex
 import sys
@@ -35,7 +38,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3, FeatureExtractorInceptionV3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from ..io import L2CError, atomic_path, environment_record, load_torch, write_json
+from ..io import L2CError, atomic_path, environment_record, load_torch, sha256_file, write_json
 
 EMBEDDED_DIGITS_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "embedded" / "features-digits.pt"
 DIGITS_WEIGHTS_FORMAT = "l2c-digits-features-v1"
@@ -43,14 +46,6 @@ INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = URL_INCEPTION_V3
 INCEPTION_ADM_NAME = "inception-v3-adm"
 MIN_DIGITS_ACCURACY = 0.97
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for blk in iter(lambda: f.read(1 << 20), b""):
-            h.update(blk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,11 +313,26 @@ class _StopForward(Exception):
     pass
 
 
+def load_inception_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The Inception weights of ``path`` as a state dict, read with ``weights_only=True``."""
+    sd = load_torch(path, "Inception weights")
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise L2CError(f"Inception weights {path}: expected a state dict of tensors (torch-fidelity's "
+                       f"{INCEPTION_WEIGHTS_FILE} layout), got {type(sd).__name__}")
+    return sd
+
+
 class AdmInceptionExtractor(FeatureExtractorInceptionV3):
     """torch-fidelity's ``inception-v3-compat`` plus ADM's sFID feature ``spatial``: output of
     ``Mixed_6d.branch1x1`` (= TF ``mixed_6/conv``), channels [:7], permuted to NHWC and flattened
     (2023-d). Input: uint8 NCHW with 3 channels (1 channel is repeated). ``random_weights=True``
-    keeps the random initialisation (tests; never for numbers)."""
+    keeps the random initialisation (tests; never for numbers).
+
+    The weights are read by :func:`load_inception_state_dict` (``weights_only=True``) and loaded
+    strictly after torch-fidelity's constructor, which is handed an in-memory empty dict in place of
+    a path (it would ``torch.load`` a path with ``weights_only=False``, or download)."""
 
     SPATIAL_CHANNELS = 7
     SPATIAL_DIM = 17 * 17 * 7
@@ -330,18 +340,29 @@ class AdmInceptionExtractor(FeatureExtractorInceptionV3):
     def __init__(self, name, features_list, feature_extractor_weights_path=None, allow_download=False,
                  random_weights=False, **kwargs):
         if random_weights:
-            buf = io.BytesIO()
-            torch.save({}, buf)
-            buf.seek(0)
-            source = buf
-            self.__dict__["_l2c_random_weights"] = True  # read by load_state_dict during super().__init__
+            state_dict, path = None, None
         else:
-            source = str(resolve_inception_weights(feature_extractor_weights_path, allow_download))
-        super().__init__(name, list(features_list), feature_extractor_weights_path=source, **kwargs)
-        self.weights_path = None if random_weights else source
+            path = resolve_inception_weights(feature_extractor_weights_path, allow_download)
+            state_dict = load_inception_state_dict(path)
+        empty = io.BytesIO()
+        torch.save({}, empty)  # what torch-fidelity's loader reads: an empty dict we serialised ourselves
+        empty.seek(0)
+        self.__dict__["_l2c_skip_load"] = True  # read by load_state_dict during super().__init__
+        try:
+            super().__init__(name, list(features_list), feature_extractor_weights_path=empty, **kwargs)
+        finally:
+            self.__dict__.pop("_l2c_skip_load", None)
+        if state_dict is not None:
+            try:
+                self.load_state_dict(state_dict, strict=True)
+            except RuntimeError as e:
+                raise L2CError(f"Inception weights {path}: do not fit torch-fidelity's InceptionV3 "
+                               f"({str(e).splitlines()[0][:200]}...); expected the {INCEPTION_WEIGHTS_FILE} "
+                               f"layout ({INCEPTION_WEIGHTS_URL})") from None
+        self.weights_path = None if path is None else str(path)
 
     def load_state_dict(self, state_dict, *args, **kwargs):
-        if self.__dict__.get("_l2c_random_weights"):
+        if self.__dict__.get("_l2c_skip_load"):
             return None
         return super().load_state_dict(state_dict, *args, **kwargs)
 
