@@ -115,9 +115,9 @@ def preflight(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     inputs = []
     for key, kind in spec.get("in", DEFAULT_INPUTS).items():
         val = _value(a, key)
-        if val is None or val == "":
+        if val is None:
             continue
-        if not isinstance(val, (str, Path)):
+        if not isinstance(val, (str, Path)) or not str(val).strip():
             raise L2CError(f"{_name(a, key)} {val!r}: expected a path")
         if kind == "data":
             inputs += V.data_input(_name(a, key), val)
@@ -125,6 +125,10 @@ def preflight(a: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             inputs += V.inp(_name(a, key), val) + V.inp(f"the record of {_name(a, key)}", Path(val).with_suffix(".json"), "any")
         else:
             inputs += V.inp(_name(a, key), val, kind)
+    for key in ("out", "json"):
+        val = getattr(a, key, None)
+        if isinstance(val, str) and not val.strip():
+            raise L2CError(f"{a.flags.get(key, key)} {val!r}: expected a path")
     outputs = spec.get("out", _default_outputs)(a) if "out" in spec else _default_outputs(a)
     V.check_inputs_exist(inputs)
     V.check_paths(inputs, outputs)

@@ -66,6 +66,8 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["--model", "DiT-S/2", "--nfe", "20", "--schedule", S], "has 6 steps but sampling uses NFE 20"),
         (["--model", "DiT-S/2", "--nfe", "6", "--schedule", S], "schedule"),  # 4 blocks vs 28
         (["--model", "DiT-S/2", "--nfe", "20", "--schedule", S, "--router", R, "--theta", "0.5"], "both given"),
+        (["--model", "DiT-S/2", "--nfe", "20", "--schedule", ""], "--schedule '': expected a path"),
+        (["--model", "DiT-S/2", "--nfe", "20", "--schedule", "{W}/dir"], "dir: is a folder"),
     ],
     "sample": [
         ([*SMALL, "--nfe", "4", "--out", "{W}/s.json", NP], "s.json and the record of --out"),
@@ -96,6 +98,11 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         ([*SMALL, "--nfe", "4", "--device", "bogus", "--out", "{W}/o.npz", NP], "--device 'bogus'"),
         ([*SMALL, "--nfe", "4", "--dtype", "fp64", "--out", "{W}/o.npz", NP], "--dtype"),
         ([*SMALL, "--nfe", "4", "--out", "{W}/dir", NP], "dir: is a folder"),
+        ([*SMALL, "--nfe", "4", "--out", "", NP], "--out '': expected a path"),
+        (["--checkpoint", "", "--nfe", "4", "--out", "{W}/o.npz", NP], "--checkpoint '': expected a path"),
+        ([*SMALL, "--nfe", "4", "--out", "{W}/sfile.npz", NP], "the shard folder of --out"),
+        ([*SMALL, "--nfe", "4", "--model-kwargs", '{"bogus": 1}', "--out", "{W}/o.npz", NP], "bad option"),
+        (["--checkpoint", R, "--nfe", "4", "--out", "{W}/o.npz", NP], "does not record its architecture"),
         ([*SMALL, "--nfe", "4", "--out", "{W}/afile/o.npz", NP], "afile is a file"),
         ([*SMALL, "--nfe", "4", "--model-kwargs", "{bad", "--out", "{W}/o.npz", NP], "--model-kwargs '{bad'"),
         ([*SMALL, "--nfe", "4", "--model-kwargs", "[1]", "--out", "{W}/o.npz", NP], "--model-kwargs '[1]'"),
@@ -314,6 +321,7 @@ def _bad_files(w: Path) -> None:
     """The bad inputs of the table, beside a copy of the tiny inputs in w/a."""
     (w / "dir").mkdir()
     (w / "afile").write_text("x")
+    (w / "sfile.npz.shards").write_text("x")
     (w / "imgs" / "c0").mkdir(parents=True)
     texts = {
         "syntax.yaml": "steps: 1\nlr: [1, 2\nseed: 0\n", "list.yaml": "- 1\n- 2\n", "pt_lr.yaml": "lr: -1\nsteps: 1\n",
