@@ -233,6 +233,7 @@ def _try_acquire(path: Path, blocking: bool) -> int | None:
     """An fd holding ``flock(LOCK_EX)`` on ``path`` (created if needed), or None if busy and not
     ``blocking``. Retries when the file was removed by its previous holder between open and lock."""
     import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)  # an output in a folder not made yet
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:

@@ -490,6 +490,7 @@ def test_corrected_commands_run(ws, capsys):
     assert main(["sample", *small, "--nfe", "6", "--router", r, "--theta", "1.5", "--out", f"{w}/o.npz"]) == 2
     assert main(["sample", *small, "--nfe", "6", "--router", r, "--theta", "0.5", "--out", f"{w}/o.npz"]) == 0
     assert (ws / "o.npz").exists() and (ws / "o.json").exists() and not (ws / "o.npz.shards").exists()
+    assert main(["sample", *small, "--nfe", "4", "--out", f"{w}/new/folder/o.npz"]) == 0  # parents are made
     assert main(["train-router", "--checkpoint", f"{w}/a/tiny.pt", "--nfe", "6", "--steps", "0", "--out", f"{w}/r", NP]) == 2
     assert main(["train-router", "--checkpoint", f"{w}/a/tiny.pt", "--nfe", "6", "--steps", "1", "--batch-size", "2", "--data", "random:1x8x8:10:8",
                  "--out", f"{w}/r", NP]) == 0
