@@ -119,7 +119,7 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated / foreign files
         import pickle
-        if isinstance(e, pickle.UnpicklingError) and "weights_only" in str(e).lower():
+        if isinstance(e, pickle.UnpicklingError) and "GLOBAL" in str(e):  # a pickled class or function
             raise L2CError(
                 f"{what} {path}: refused: it pickles Python objects other than tensors and plain containers "
                 f"({_first_line(e)}); loading it could run code from the file. Use a file that holds only "
@@ -133,7 +133,7 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     # torch's weights_only refusal puts the offending global on a later line
-    hit = next((ln for ln in lines if "Unsupported global" in ln or "GLOBAL" in ln), None)
+    hit = next((ln for ln in lines if "GLOBAL" in ln or ln.startswith("Unsupported")), None)
     return (hit or (lines[0] if lines else type(e).__name__))[:200]
 
 
@@ -288,6 +288,18 @@ def check_resume(saved: dict, current: dict, path: Path, what: str) -> None:
     if diff:
         raise L2CError(f"{what} {path} was made with a different config (differs in {diff}); "
                        "delete it to start afresh or resume with the same config")
+
+
+@contextlib.contextmanager
+def exclusive_run(out: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold ``OUT.lock`` (beside ``out``) for the block, or refuse at once with an ``L2CError`` naming
+    the run that holds it: for outputs two runs cannot share (a training folder)."""
+    lock = lock_path(out)
+    with locked(lock, blocking=False) as held:
+        if not held:
+            raise L2CError(f"{what} {out} is being written by another run ({_lock_holder(lock)}, lock {lock}); "
+                           "wait for it to finish (then rerun to resume) or choose another output")
+        yield
 
 
 def truncate_jsonl_log(path: str | os.PathLike, step: int) -> None:

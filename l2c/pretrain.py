@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from .data import load_dataset
 from .diffusion import Diffusion
-from .io import L2CError, check_resume, environment_record, load_torch, save_torch, truncate_jsonl_log, write_json
+from .io import (L2CError, check_resume, environment_record, exclusive_run, load_torch, save_torch, truncate_jsonl_log,
+                 write_json)
 from .models import create_model
 
 log = logging.getLogger("l2c.pretrain")
@@ -60,6 +61,11 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, progress: bool = True) ->
     our model format), ``train_log.jsonl`` and ``record.json``. Resumes from a checkpoint if present."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with exclusive_run(out, "pretraining folder"):  # a second run into the same folder is refused
+        return _pretrain(cfg, out, progress)
+
+
+def _pretrain(cfg: PretrainConfig, out: Path, progress: bool) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_dataset(cfg.data)

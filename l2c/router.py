@@ -28,7 +28,8 @@ from tqdm import tqdm
 from .cache import CacheEngine, CacheSchedule, default_cache_steps
 from .data import load_dataset
 from .sampling import ddim_diffusion
-from .io import L2CError, check_resume, environment_record, load_torch, save_torch, truncate_jsonl_log, write_json
+from .io import (L2CError, check_resume, environment_record, exclusive_run, load_torch, save_torch, truncate_jsonl_log,
+                 write_json)
 from .models import load_model, num_sublayers
 
 log = logging.getLogger("l2c.router")
@@ -88,6 +89,12 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
         raise L2CError(f"trajectory_loss {cfg.trajectory_loss!r}: expected x0 or final")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with exclusive_run(out, "router training folder"):  # a second run into the same folder is refused
+        return _train_router(cfg, out, progress, model=model, timings=timings)
+
+
+def _train_router(cfg: RouterConfig, out: Path, progress: bool, *, model: torch.nn.Module | None,
+                  timings: dict[str, list[float]] | None) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dev = _device(cfg.device)

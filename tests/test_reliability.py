@@ -202,6 +202,7 @@ def test_planted_payload_never_runs(case, tmp_path, monkeypatch):
         call()
     assert not marker.exists(), f"{case}: the payload ran"
     assert str(planted) in str(ei.value), f"{case}: the error does not name the file: {ei.value}"
+    assert "refus" in str(ei.value) or "Python objects" in str(ei.value), str(ei.value)
     assert "\n" not in str(ei.value)
 
 
@@ -572,3 +573,21 @@ def test_cleanfid_cross_check_with_inception_weights_file(tmp_path):
     check = cleanfid_fid(s, ext, "64", stats, ref_stats, batch_size=4)
     assert ours > 0 and check["fid_features"] == pytest.approx(ours, rel=1e-4)
     assert check_agreement(ours, check, stats[1], ref_stats[1]) < 1e-4
+
+
+@pytest.mark.parametrize("command", ["train-router", "pretrain"])
+def test_a_second_training_run_into_one_folder_is_refused(command, tmp_path):
+    """Training cannot be shared: while one run holds ``OUT.lock`` a second is refused at once, naming
+    the holder; after it, the folder is free again."""
+    from l2c.io import lock_path, locked
+    from l2c.pretrain import pretrain
+    from l2c.router import train_router
+    out = tmp_path / "run"
+    run = ((lambda: train_router(_router_cfg(make_tiny(tmp_path / "tiny.pt")), out, progress=False))
+           if command == "train-router" else (lambda: pretrain(_pretrain_cfg(), out, progress=False)))
+    with locked(lock_path(out)):
+        with pytest.raises(L2CError, match=rf"{out} is being written by another run \(pid {os.getpid()} on .*wait for it"):
+            run()
+    assert not (out / "train_log.jsonl").exists()
+    run()
+    assert _steps(out / "train_log.jsonl") == [1, 2, 3, 4] and not lock_path(out).exists()
