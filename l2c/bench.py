@@ -100,6 +100,13 @@ def resolve_model_args(a: argparse.Namespace) -> None:
     """Fill the unset geometry flags: the embedded model's (8x8x1 pixels, 10 classes) without --model,
     the paper models' (256 px images as SD-VAE latents, 1000 classes) with one; then check that the
     network input is a whole number of patches."""
+    if a.checkpoint and a.model is None:  # our checkpoints record their architecture and geometry
+        given = [f for f, v in (("--image-size", a.image_size), ("--in-channels", a.in_channels),
+                                ("--num-classes", a.num_classes), ("--pixel", a.pixel), ("--latent", getattr(a, "latent", False)))
+                 if v not in (None, False)]
+        if given:
+            raise L2CError(f"{', '.join(given)}: the checkpoint {a.checkpoint} records its own geometry; drop "
+                           f"{'them' if len(given) > 1 else 'it'} (or give --model for an official state dict)")
     base = DEFAULT_GEOMETRY if a.model is None else NAMED_GEOMETRY
     if getattr(a, "latent", False):
         a.pixel = False

@@ -477,6 +477,8 @@ def _bench_checks(a: argparse.Namespace) -> None:
 def cmd_bench(a: argparse.Namespace) -> None:
     _bench_checks(a)
     _check_schedule_flags(a)
+    if a.reuse_fraction is not None and (a.router or a.schedule or getattr(a, "method", None)):
+        raise L2CError(f"--reuse-fraction {a.reuse_fraction} is for timing without a router, schedule or method; drop it")
     if getattr(a, "method", None):
         from .caching.cli import bench_method
         bench_method(a)

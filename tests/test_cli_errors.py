@@ -254,6 +254,9 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["--checkpoint", T, "--nfe", "6", "--json", T], "--checkpoint"),
         (["--checkpoint", T, "--nfe", "6", "--json", "{W}/dir"], "dir: is a folder"),
         (["--checkpoint", "{W}/nope.pt", "--nfe", "6"], "nope.pt: file not found"),
+        (["--checkpoint", T, "--nfe", "6", "--image-size", "16"], "--image-size: the checkpoint"),
+        (["--checkpoint", T, "--nfe", "6", "--pixel", "--num-classes", "3"], "--num-classes, --pixel: the checkpoint"),
+        (["--checkpoint", T, "--nfe", "6", "--schedule", S, "--reuse-fraction", "0.5"], "--reuse-fraction 0.5"),
     ],
     "encode-latents": [
         (["--data", "folder:{W}/nowhere", "--vae", "{W}/vae", "--out", "{W}/l.npz", NP], "nowhere: folder not found"),
@@ -279,6 +282,7 @@ CASES: dict[str, list[tuple[list[str], str]]] = {
         (["--nfe", "4", "--checkpoint", "{W}/nope.pt"], "nope.pt: file not found"),
         (["--nfe", "4", "--json", "{W}/dir"], "dir: is a folder"),
         (["--nfe", "4", "--checkpoint", T, "--json", T], "--checkpoint"),
+        (["--nfe", "4", "--checkpoint", T, "--latent"], "--latent: the checkpoint"),
     ],
     "calibrate": [
         (["--method", "teacache", "--checkpoint", T, "--nfe", "0"], "--nfe 0"),
