@@ -526,7 +526,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .caching.cli import add_calibrate_parser, add_method_args
     ap = _Parser(prog="l2c", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress; show the traceback of an unexpected error")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="train a diffusion transformer on a data set (resumable)")
@@ -700,6 +700,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the result to this JSON file")
+    for p in sub.choices.values():  # -v after the sub-command too (SUPPRESS: never resets the top-level flag)
+        if "--verbose" not in p._option_string_actions:
+            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="log progress; show the traceback of an unexpected error")
     return ap
 
 
@@ -754,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.verbose:
             raise
         print(f"l2c {a.command}: error: unexpected {type(e).__name__}: {_one_line(str(e))[:300]} "
-              f"(rerun as `l2c --verbose {a.command} ...` for the traceback; please report it if the input looks right)", file=sys.stderr)
+              "(rerun with --verbose for the traceback; please report it if the input looks right)", file=sys.stderr)
         return 1
     return 0
 

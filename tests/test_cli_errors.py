@@ -538,6 +538,8 @@ def test_last_resort_is_one_line_and_verbose_shows_the_traceback(monkeypatch, ca
     assert len(err) == 1 and "unexpected ValueError: something unforeseen" in err[0] and "--verbose" in err[0]
     with pytest.raises(ValueError):
         main(["--verbose", "reference", "--out", "x.npz"])
+    with pytest.raises(ValueError):
+        main(["reference", "--out", "x.npz", "--verbose"])
     monkeypatch.setitem(COMMANDS, "reference", lambda a: (_ for _ in ()).throw(PermissionError(13, "Permission denied", "x.npz")))
     assert main(["reference", "--out", "x.npz"]) == 2
     assert capsys.readouterr().err.strip() == "l2c reference: error: Permission denied: x.npz"
