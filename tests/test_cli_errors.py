@@ -586,6 +586,8 @@ CONFIG_CASES = [
     ({"sampling": {"num_samples": 0}}, "sampling.num_samples: 0 is less than the minimum of 1"),
     ({"latency": {"batch": -8}}, "latency.batch: -8"),
     ({"threads": 0}, "threads: 0"),
+    ({"random_seeds": [0, -1]}, "random_seeds.1: -1 is less than the minimum of 0"),
+    ({"sampling": {"seed": -1}}, "sampling.seed: -1"),
     ({"device": "gpu"}, "device: 'gpu'"),
     ({"nfes": [20]}, "(top level): Additional properties are not allowed ('nfes' was unexpected)"),
     ({"models": {"dit-digits": {"pretrain": {"lr": 0, "steps": 1}, "checkpoint": None}}}, f"{D}.pretrain.lr: 0 is out of range"),
