@@ -456,7 +456,8 @@ def cmd_check_config(a: argparse.Namespace) -> None:
         raise L2CError(f"{' + '.join(a.configfiles)}: {e}") from None
     missing = cells.missing_files(cfg)
     print(f"{' + '.join(a.configfiles)}: valid; {len(planned)} cells over {len(cfg['models'])} model(s)"
-          + (f"; {len(missing)} external file(s) missing (the workflow names them)" if missing else ""))
+          + (f"; {len(missing)} external file(s) not present here (checkpoints, VAE, data: see `snakemake -n`)"
+             if missing else ""))
 
 
 @command("calibrate")
