@@ -315,7 +315,8 @@ def generate(cfg: SampleConfig, out: str | os.PathLike, shards: tuple[int, int] 
         with locked(lock_path(out)):
             if _complete(out, cfg):  # merged meanwhile by a run sharing the work
                 return out
-            missing = [s for s in range(total) if shard_problem(sdir, s, cfg, warn=False) is not None]
+            # presence only here: the merge verifies every shard's sha256 as it reads it
+            missing = [s for s in range(total) if not all(f.exists() for f in _shard_files(sdir, s))]
             if missing and not set(missing) & set(wanted):
                 log.info("%d shards still missing; not merging", len(missing))
                 return None
@@ -337,7 +338,8 @@ def merge(cfg: SampleConfig, out: Path, elapsed: float | None = None) -> bool:
         rec = _shard_record(sdir, s) or {}
         arrays = read_npz_verified(npz, rec.get("sha256", ""), "shard") if npz.exists() else None
         if arrays is None or rec.get("config_sha256") != config_digest(cfg):
-            log.warning("shard %s changed or vanished before the merge; recomputing it", npz)
+            log.warning("shard %s is damaged, changed or gone at the merge (its bytes do not have the sha256 in its "
+                        "record); recomputing it", npz)
             return False
         imgs.append(arrays["arr_0"])
         labs.append(arrays["arr_1"])
