@@ -27,7 +27,7 @@ def label_agreement(samples_npz: str | os.PathLike) -> float:
     """Share of samples the digits classifier assigns to their conditioning label (``arr_1``)."""
     from .metrics.features import load_digits_net, uint8_nhwc_to_float
     net, _ = load_digits_net()
-    with np.load(samples_npz) as f:
+    with np.load(samples_npz, allow_pickle=False) as f:
         x, y = torch.from_numpy(f["arr_0"]), torch.from_numpy(f["arr_1"])
     with torch.no_grad():
         pred = net(uint8_nhwc_to_float(x))["logits"].argmax(1)

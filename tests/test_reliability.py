@@ -178,6 +178,14 @@ def _case_samples_npz(tmp_path, marker, monkeypatch):
     return f, lambda: evaluate(f, tiny_images(tmp_path / "r.npz"))
 
 
+def _case_reference_statistics(tmp_path, marker, monkeypatch):
+    from l2c.metrics.evaluate import evaluate
+    rng = np.random.default_rng(0)
+    f = plant_npz(tmp_path / "VIRTUAL_imagenet256_labeled.npz", marker, "mu",
+                  arr_0=rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), sigma=np.eye(3))
+    return f, lambda: evaluate(tiny_images(tmp_path / "s.npz"), f, backend="inception-adm", weights=tmp_path / "absent.pth")
+
+
 PAYLOAD_CASES = {
     "inception-weights-flag": _case_inception_flag,
     "inception-weights-torch-home": _case_inception_torch_home,
@@ -191,6 +199,7 @@ PAYLOAD_CASES = {
     "pretraining-checkpoint": _case_pretrain_checkpoint,
     "latents-npz": _case_latents_npz,
     "samples-npz": _case_samples_npz,
+    "adm-reference-batch-statistics": _case_reference_statistics,
 }
 
 
@@ -591,3 +600,39 @@ def test_a_second_training_run_into_one_folder_is_refused(command, tmp_path):
     assert not (out / "train_log.jsonl").exists()
     run()
     assert _steps(out / "train_log.jsonl") == [1, 2, 3, 4] and not lock_path(out).exists()
+
+
+def test_encode_latents_recomputes_a_damaged_output_or_shard(tmp_path, monkeypatch, caplog):
+    diffusers = pytest.importorskip("diffusers")
+    import l2c.vae as vae_mod
+    from l2c.vae import encode_latents
+    torch.manual_seed(0)
+    diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            layers_per_block=1, norm_num_groups=4, sample_size=8).save_pretrained(tmp_path / "vae")
+    args = dict(data="random:3x8x8:2:6", vae=str(tmp_path / "vae"), image_size=8, batch_size=2, shard_size=2,
+                progress=False)
+    out = encode_latents(out=tmp_path / "z.npz", **args)
+    ref = out.read_bytes()
+    _truncate(out)  # beside an intact record
+    with caplog.at_level(logging.WARNING):
+        encode_latents(out=out, **args)
+    assert "damaged or truncated" in caplog.text and out.read_bytes() == ref
+    # killed at the merge: the shards stay; one is then damaged inside its data
+    out.unlink()
+    real = vae_mod.write_npz
+
+    def no_merge(path, **arrays):
+        if Path(path) == out:
+            raise _Killed
+        return real(path, **arrays)
+    with monkeypatch.context() as m:
+        m.setattr(vae_mod, "write_npz", no_merge)
+        with pytest.raises(_Killed):
+            encode_latents(out=out, **args)
+    shard = tmp_path / "z.npz.shards" / "000000002.npz"
+    _flip_middle(shard)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        encode_latents(out=out, **args)
+    assert f"latent shard {shard} is damaged" in caplog.text and out.read_bytes() == ref
