@@ -239,6 +239,10 @@ def _try_acquire(path: Path, blocking: bool) -> int | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                log.warning("%s: this file system does not support file locks (%s); concurrent runs into this "
+                            "output are not coordinated", path, e.strerror)
+                return fd
             os.close(fd)
             if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return None

@@ -636,3 +636,17 @@ def test_encode_latents_recomputes_a_damaged_output_or_shard(tmp_path, monkeypat
     with caplog.at_level(logging.WARNING):
         encode_latents(out=out, **args)
     assert f"latent shard {shard} is damaged" in caplog.text and out.read_bytes() == ref
+
+
+def test_a_file_system_without_locks_degrades_to_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from l2c.io import locked
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING), locked(tmp_path / "out.lock") as held:
+        assert held
+    assert "does not support file locks" in caplog.text and not (tmp_path / "out.lock").exists()
