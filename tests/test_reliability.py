@@ -650,3 +650,27 @@ def test_a_file_system_without_locks_degrades_to_a_warning(tmp_path, monkeypatch
     with caplog.at_level(logging.WARNING), locked(tmp_path / "out.lock") as held:
         assert held
     assert "does not support file locks" in caplog.text and not (tmp_path / "out.lock").exists()
+
+
+def test_encode_latents_waits_for_a_run_holding_its_output(tmp_path, caplog):
+    diffusers = pytest.importorskip("diffusers")
+    from l2c.io import lock_path, locked
+    from l2c.vae import encode_latents
+    torch.manual_seed(0)
+    diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                            layers_per_block=1, norm_num_groups=4, sample_size=8).save_pretrained(tmp_path / "vae")
+    out, held, release = tmp_path / "z.npz", threading.Event(), threading.Event()
+
+    def other_run():
+        with locked(lock_path(out)):
+            held.set()
+            release.wait(30)
+    t = threading.Thread(target=other_run)
+    t.start()
+    held.wait(30)
+    threading.Timer(0.5, release.set).start()
+    with caplog.at_level(logging.WARNING):
+        encode_latents("random:3x8x8:2:4", out, str(tmp_path / "vae"), image_size=8, progress=False)
+    t.join(30)
+    assert f"latents output {lock_path(out)} is locked by another run" in caplog.text and out.exists()
