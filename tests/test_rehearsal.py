@@ -2,9 +2,9 @@
 stand-in inputs in the official layouts (l2c/rehearsal.py), the planned DAG (local and SLURM), DDIM
 on the U-ViT SD schedule, and (opt-in, L2C_REHEARSAL=1) the whole rehearsal run end to end.
 
-Measured on 2 shared cores: the real slice of the rehearsal 216 s (under load; ~2 min of CPU),
-the other default tests 61 s (stand-in Inception features, the dry runs and the diffusers import
-dominate)."""
+Measured on 2 cores: the whole file 136 s (the real slice of the rehearsal 93 s; 216 s when the
+cores were shared with other work), the other default tests ~45 s (stand-in Inception features,
+the dry runs and the diffusers import dominate)."""
 from __future__ import annotations
 
 import json
@@ -291,9 +291,9 @@ def test_rehearsal_slice_runs_the_paper_specific_rules(tmp_path):
     autoencoder), router training on those latents (U-ViT, DPM-Solver-2, the U-ViT
     recipe), the authors' router as a schedule, and sampling fanned out over 2 jobs + merge with
     VAE decoding (diffusers folder and LDM file). Evaluation is left to the opt-in run below (one
-    inception-adm evaluation alone takes ~160 s here). Measured: 216 s wall on 2 cores shared with
-    other work (load average 5-6), 1 min 58 s of CPU time (user + sys): 14 jobs, each a new process
-    importing torch and, for the autoencoders, diffusers."""
+    inception-adm evaluation alone takes ~160 s here). Measured: 93 s on 2 cores (216 s when they
+    were shared with other work, load average 5-6): 14 jobs, each a new process importing torch
+    and, for the autoencoders, diffusers."""
     R, W = "results/rehearsal", "work/rehearsal"
     targets = [f"{W}/uvit-h2-256/nfe20/samples/official-th0.9.npz", f"{R}/uvit-h2-256/nfe20/routers/cache-lam0.1.json",
                f"{W}/dit-xl2-256/nfe10/samples/full.npz"]
