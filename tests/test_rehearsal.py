@@ -135,6 +135,8 @@ def test_rehearsal_dry_run_plans_the_paper_dag_and_its_standins(tmp_path):
     assert counts["rehearsal_checkpoint"] == 4 and counts["encode_latents"] == 3 and counts["rehearsal_reference"] == 2
     for rule in ("rehearsal_vae_folder", "rehearsal_vae_file", "rehearsal_images", "rehearsal_inception"):
         assert counts[rule] == 1, rule
+    assert re.search(r"l2c evaluate \S+ --ref work/rehearsal/inputs/refs/VIRTUAL_imagenet512.npz --backend inception-adm "
+                     r".*--weights work/rehearsal/inputs/weights-inception-2015-12-05-6726825d.pth", out)
     p = smk(tmp_path, "-n", "--cores", "2", "--config", "check_files=false", configfile=PAPER)
     assert p.returncode == 0, p.stderr[-3000:]
     assert outputs_of(out, "results/rehearsal/") == outputs_of(p.stdout + p.stderr, "results/paper/") != set()
@@ -160,6 +162,34 @@ def test_slurm_profile_puts_gpu_rules_on_the_gpu_partition(tmp_path):
         else:
             assert res["slurm_partition"] == "cpu" and res.get("gpu", "0") == "0", (rule, res)
     assert GPU_RULES <= seen
+
+
+def test_inception_weights_is_an_external_file_with_its_source():
+    cfg = load(PAPER)
+    cfg["inception_weights"] = "models/weights-inception-2015-12-05-6726825d.pth"
+    missing = cells.missing_files(cells.resolve(cfg))
+    hit = [m for m in missing if m[0] == "inception_weights"]
+    assert hit and hit[0][1] == cfg["inception_weights"] and "torch-fidelity" in hit[0][2]
+    assert "inception_weights" not in {m[0] for m in cells.missing_files(resolved(PAPER))}  # default: $TORCH_HOME
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda c: c["rehearsal"].pop("images_dir"), "rehearsal.images_dir"),
+    (lambda c: c.pop("inception_weights"), "inception_weights"),
+    (lambda c: c["models"]["uvit-h2-256"].update(data="folder:ImageNet/train"), "models.uvit-h2-256.data"),
+])
+def test_rehearsal_config_errors_name_the_key(edit, named):
+    cfg = load(REHEARSAL)
+    edit(cfg)
+    with pytest.raises(cells.ConfigError, match=re.escape(named)):
+        rehearsal.standin_plan(cells.resolve(cfg))
+
+
+def test_rehearsal_standins_are_disjoint_from_the_paper_files():
+    """The stand-ins live under the work folder, never where config/paper.yaml expects real files."""
+    paths = rehearsal.standin_paths(resolved(REHEARSAL))
+    assert len(paths) == 13 and all(p.startswith("work/rehearsal/inputs/") for p in paths)  # 4 + 2 + 1 + 3 + 2 + 1
+    assert not paths & {f[1] for f in cells.external_files(resolved(PAPER))}
 
 
 # -- stand-in inputs ------------------------------------------------------------------------------------
