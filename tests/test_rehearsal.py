@@ -28,7 +28,7 @@ REHEARSAL = REPO / "config" / "rehearsal.yaml"
 ROUTERS = REPO.parent / "shared" / "reference" / "official-routers"
 NEEDS_ROUTERS = pytest.mark.skipif(not ROUTERS.is_dir(), reason=f"the authors' router files are not here ({ROUTERS}); "
                                    "they are reference data outside the project")
-GPU_RULES = {"profile", "train_router", "sample", "sample_part", "evaluate", "latency"}
+GPU_RULES = {"profile", "train_router", "sample_part", "evaluate", "latency"}  # "sample" too when sample_jobs is 1
 
 
 def load(path: Path) -> dict:
@@ -130,7 +130,8 @@ def test_rehearsal_dry_run_plans_the_paper_dag_and_its_standins(tmp_path):
     counts = {}
     for rule, _ in planned_jobs(out):
         counts[rule.removeprefix("local:")] = counts.get(rule.removeprefix("local:"), 0) + 1
-    assert counts["sample_part"] == 2 * 81 and counts["sample"] == counts["evaluate"] == counts["latency"] == 81
+    assert counts["sample_part"] == 2 * 81 and counts["merge_samples"] == counts["evaluate"] == counts["latency"] == 81
+    assert "sample" not in counts  # fanned out: the per-cell job only merges
     assert counts["train_router"] == 18 and counts["profile"] == 8 and counts["table"] == 10
     assert counts["rehearsal_checkpoint"] == 4 and counts["encode_latents"] == 3 and counts["rehearsal_reference"] == 2
     for rule in ("rehearsal_vae_folder", "rehearsal_vae_file", "rehearsal_images", "rehearsal_inception"):
@@ -161,7 +162,7 @@ def test_slurm_profile_puts_gpu_rules_on_the_gpu_partition(tmp_path):
             assert int(res["mem_mb"]) >= 32000 and int(res["runtime"]) >= 60, (rule, res)
         else:
             assert res["slurm_partition"] == "cpu" and res.get("gpu", "0") == "0", (rule, res)
-    assert GPU_RULES <= seen
+    assert GPU_RULES | {"merge_samples"} <= seen  # the merge of a fanned-out cell stays on the CPU partition
 
 
 def test_inception_weights_is_an_external_file_with_its_source():
@@ -339,7 +340,7 @@ def test_rehearsal_slice_runs_the_paper_specific_rules(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     log = r.stdout + r.stderr
     for rule in ("rehearsal_checkpoint", "rehearsal_vae_folder", "rehearsal_vae_file", "rehearsal_images", "encode_latents",
-                 "train_router", "schedule", "sample_part", "sample"):
+                 "train_router", "schedule", "sample_part", "merge_samples"):
         assert f"rule {rule}:" in log, rule
     assert log.count("rule sample_part:") == 4
     for t, size in ((targets[0], 64), (targets[2], 64)):

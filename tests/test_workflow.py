@@ -144,7 +144,7 @@ def test_overlay_adds_a_model_row(tmp_path):
 
 def test_sample_jobs_fan_out(tmp_path):
     jobs, _ = dry_run(tmp_path, config=NO_EMBEDDED + ["sample_jobs=3"])
-    assert jobs["sample_part"] == 3 * 45 and jobs["sample"] == 45
+    assert jobs["sample_part"] == 3 * 45 and jobs["merge_samples"] == 45 and "sample" not in jobs
 
 
 @pytest.mark.parametrize("overlay, named", [

@@ -43,7 +43,11 @@ rule sample_part:
         "../scripts/sample.py"
 
 
-rule sample:
+# With sample_jobs > 1 the shards come from sample_part and this job only merges them: it is then
+# named merge_samples, so a cluster profile can keep it off the GPU partition.
+rule:
+    name:
+        "sample" if SAMPLE_JOBS == 1 else "merge_samples"
     input:
         unpack(sample_inputs),
     output:

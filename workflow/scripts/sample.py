@@ -1,5 +1,6 @@
-"""Rules sample / sample_part: one cell's samples (l2c sample; shards resume after a kill).
-sample_part computes shard range ``part`` of ``parts``; sample computes what is missing and merges."""
+"""Rules sample / sample_part / merge_samples: one cell's samples (l2c sample; shards resume after a kill).
+sample_part computes shard range ``part`` of ``parts``; sample (merge_samples when the cell fans out)
+computes what is missing and merges."""
 from pathlib import Path
 
 from _log import to_log
