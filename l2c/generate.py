@@ -110,6 +110,7 @@ class Generator:
             self.schedule.check_model(self.model)
             self.schedule.check_nfe(cfg.nfe)
         self.engine = None
+        self.method_macs: list[tuple[int, int]] = []  # (images, MACs per image) of each batch a method sampled
         if cfg.method:
             from .caching.cli import method_engine
             self.engine = method_engine(cfg, self.model, self.schedule)
@@ -125,6 +126,8 @@ class Generator:
         with self.autocast:
             x = sample(self.model, noise, labels, sampler=cfg.sampler, nfe=cfg.nfe, cfg_scale=cfg.cfg_scale,
                        schedule=self.schedule, cfg_channels=cfg.cfg_channels, engine=self.engine)
+            if self.engine is not None:  # MACs of the decisions this batch took (l2c.caching)
+                self.method_macs.append((len(indices), sum(self.engine.macs_per_step())))
             if self.vae is not None:
                 with torch.no_grad():
                     x = self.vae.decode(x / SD_VAE_SCALE).sample
@@ -231,6 +234,7 @@ def _write_shard(gen: Generator, cfg: SampleConfig, sdir: Path, s: int, bar, t0:
     rec.unlink(missing_ok=True)  # a record never outlives the bytes it describes
     lo, hi = s * cfg.shard_size, min((s + 1) * cfg.shard_size, cfg.num_samples)
     imgs, labs = [], []
+    gen.method_macs.clear()
     for b in range(lo, hi, cfg.batch_size):
         idx = np.arange(b, min(b + cfg.batch_size, hi))
         x, y = gen.images(idx)
@@ -239,7 +243,8 @@ def _write_shard(gen: Generator, cfg: SampleConfig, sdir: Path, s: int, bar, t0:
         bar.update(len(idx))
         bar.set_postfix(img_s=f"{bar.n / max(time.time() - t0, 1e-9):.1f}")
     sha = write_npz(npz, arr_0=np.concatenate(imgs), arr_1=np.concatenate(labs))
-    write_json(rec, {"sha256": sha, "config_sha256": config_digest(cfg), "first_sample": lo, "stop_sample": hi})
+    macs = {"method_macs_per_image": sum(n * m for n, m in gen.method_macs) / (hi - lo)} if gen.engine is not None else {}
+    write_json(rec, {"sha256": sha, "config_sha256": config_digest(cfg), "first_sample": lo, "stop_sample": hi, **macs})
     log.info("shard %d/%d written (%d samples)", s + 1, num_shards(cfg), hi - lo)
 
 
@@ -332,7 +337,7 @@ def merge(cfg: SampleConfig, out: Path, elapsed: float | None = None) -> bool:
     """Concatenate the verified shards into ``out`` and write ``out.json`` (configuration, sha256 of
     ``out``, environment). False (nothing written) if a shard fails verification while being read."""
     sdir = shard_dir(out)
-    imgs, labs = [], []
+    imgs, labs, macs = [], [], []
     for s in range(num_shards(cfg)):
         npz, _ = _shard_files(sdir, s)
         rec = _shard_record(sdir, s) or {}
@@ -343,10 +348,13 @@ def merge(cfg: SampleConfig, out: Path, elapsed: float | None = None) -> bool:
             return False
         imgs.append(arrays["arr_0"])
         labs.append(arrays["arr_1"])
+        macs.append((len(arrays["arr_0"]), rec.get("method_macs_per_image")))
     sha = write_npz(out, arr_0=np.concatenate(imgs), arr_1=np.concatenate(labs))
     meta = {"config": asdict(cfg), "num_samples": cfg.num_samples, "sha256": sha,
             "environment": environment_record(cfg.device, cfg.dtype)}
     if elapsed is not None:
         meta["wall_time_s_this_run"] = elapsed
+    if cfg.method and all(m is not None for _, m in macs):  # a caching method: MACs of what its runs computed
+        meta["method_macs_per_image"] = sum(n * m for n, m in macs) / sum(n for n, _ in macs)
     write_json(out.with_suffix(".json"), meta)
     return True

@@ -405,9 +405,11 @@ def test_cli_sample_with_method_equals_python_api(tmp_path):
                  "--method-params", '{"interval": 2, "order": 1}', "--no-progress"]) == 0
     model = load_model(ckpt)
     noise, labels = noise_and_labels(0, np.arange(3), (1, 8, 8), 10)
-    x = sample(model, noise, labels, nfe=6, cfg_scale=1.5,
-               engine=build_engine(model, "taylorseer", nfe=6, params={"interval": 2, "order": 1}))
+    eng = build_engine(model, "taylorseer", nfe=6, params={"interval": 2, "order": 1})
+    x = sample(model, noise, labels, nfe=6, cfg_scale=1.5, engine=eng)
     with np.load(out) as f:
         assert np.array_equal(f["arr_0"], float_to_uint8(x))
+    rec = json.loads(out.with_suffix(".json").read_text())
+    assert rec["method_macs_per_image"] == sum(eng.macs_per_step()) < 6 * eng.macs_table().per_eval
     assert main(["sample", "--out", str(tmp_path / "x.npz"), "--checkpoint", str(ckpt), "--nfe", "6", "--num-samples", "3",
                  "--method", "teacache", "--no-progress"]) == 2
