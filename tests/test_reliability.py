@@ -560,6 +560,13 @@ def test_cleanfid_disagreement_is_an_error_naming_both_numbers(tmp_path, monkeyp
     check_agreement(1e-9, {"fid_frechet": -1e-9}, sig, sig)  # a set against itself: round-off, not a disagreement
 
 
+def test_missing_cleanfid_is_a_one_line_error(monkeypatch):
+    from l2c.metrics.crosscheck import _cleanfid_frechet
+    monkeypatch.setitem(sys.modules, "cleanfid", None)
+    with pytest.raises(L2CError, match=r"the FID cross-check needs clean-fid.*pip install -e \."):
+        _cleanfid_frechet(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2))
+
+
 def test_cleanfid_cross_check_with_inception_weights_file(tmp_path):
     """The inception-adm network (a weights file in torch-fidelity's layout, random values) as
     clean-fid's custom feature extractor: clean-fid's loop and Fréchet distance give our FID against

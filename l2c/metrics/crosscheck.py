@@ -69,10 +69,19 @@ class _FeatureModel:
         return dict(zip(names, self.extractor(x)))[self.layer].float()
 
 
+def _cleanfid():
+    try:
+        from cleanfid import fid
+    except ImportError as e:
+        raise L2CError(f"the FID cross-check needs clean-fid, a dependency of l2c-suite ({e}); "
+                       "reinstall the suite: pip install -e .") from None
+    return fid
+
+
 def _cleanfid_frechet(mu1, sigma1, mu2, sigma2) -> float:
     """``cleanfid.fid.frechet_distance`` with its printout routed to the log and SciPy's
     deprecation of its ``disp`` argument silenced."""
-    from cleanfid import fid as cfid
+    cfid = _cleanfid()
     out = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(out):
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -93,8 +102,7 @@ def cleanfid_fid(samples: NpzBatch, extractor, layer: str, sample_stats: tuple[n
     """clean-fid's FID of the samples (see the module docstring): ``fid_features`` when ``features``,
     else ``fid_frechet``."""
     from importlib.metadata import version
-
-    from cleanfid import fid as cfid
+    cfid = _cleanfid()
     device = torch.device(device)
     res = {"cleanfid_version": version("clean-fid"), "mode": "legacy_tensorflow (features unresized)"}
     if not features:
