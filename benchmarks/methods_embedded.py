@@ -11,13 +11,11 @@ Calibration passes (TeaCache, SmoothCache) use seeds disjoint from the evaluated
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from l2c.cache import CacheEngine, CacheSchedule
 from l2c.caching import (COMPUTE, FORECAST, REUSE, FAMILIES, MethodEngine, Plan, ResidualUnit, build_engine, macs_table)
-from l2c.caching.calibrate import calibrate, calibrate_smoothcache
+from l2c.caching.calibrate import calibrate
 from l2c.caching.methods.smoothcache import schedule_from_errors
 from l2c.caching.methods.taylorseer import full_steps
 from l2c.caching.methods.toca import full_step

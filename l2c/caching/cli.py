@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..io import L2CError, environment_record, write_json
-from . import FAMILIES, build_engine, get_family, macs_table, plan_macs
+from . import FAMILIES, build_engine, get_family, plan_macs
 from .calibrate import CALIBRATIONS, calibrate, calibration_path
 
 
