@@ -382,7 +382,10 @@ def test_a_shard_claimed_by_another_process_is_waited_for_then_recomputed(sample
         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
         "os.write(fd, b'pid %d on test' % os.getpid())\n"
         "print('held', flush=True)\n"
-        "time.sleep(1.5)\n")], stdout=subprocess.PIPE, text=True)
+        "deadline = time.time() + 120\n"  # hold until this run has done the other shards and waits
+        f"while not os.path.exists({str(shard_dir(out) / 'shard-00002.json')!r}) and time.time() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "time.sleep(1.0)\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with caplog.at_level(logging.WARNING):
@@ -673,11 +676,20 @@ def test_encode_latents_waits_for_a_run_holding_its_output(tmp_path, caplog):
         with locked(lock_path(out)):
             held.set()
             release.wait(30)
+    class ReleaseWhenWaiting(logging.Handler):  # the other run finishes once this one is waiting for it
+        def emit(self, record):
+            if "locked by another run" in record.getMessage():
+                release.set()
+    handler = ReleaseWhenWaiting()
+    logging.getLogger("l2c.io").addHandler(handler)
     t = threading.Thread(target=other_run)
     t.start()
     held.wait(30)
-    threading.Timer(0.5, release.set).start()
-    with caplog.at_level(logging.WARNING):
-        encode_latents("random:3x8x8:2:4", out, str(tmp_path / "vae"), image_size=8, progress=False)
-    t.join(30)
+    try:
+        with caplog.at_level(logging.WARNING):
+            encode_latents("random:3x8x8:2:4", out, str(tmp_path / "vae"), image_size=8, progress=False)
+    finally:
+        release.set()
+        logging.getLogger("l2c.io").removeHandler(handler)
+        t.join(30)
     assert f"latents output {lock_path(out)} is locked by another run" in caplog.text and out.exists()
