@@ -96,7 +96,12 @@ class ImageFolderData(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         from PIL import Image
         path, label = self.items[i]
-        img = center_crop_arr(Image.open(path).convert("RGB"), self.image_size)
+        try:
+            with Image.open(path) as im:
+                img = center_crop_arr(im.convert("RGB"), self.image_size)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # truncated, not an image, absurd size
+            raise L2CError(f"image {path}: cannot be decoded ({type(e).__name__}: {str(e)[:160]}); "
+                           "remove or replace it") from None
         return torch.from_numpy(img).permute(2, 0, 1).float() / 127.5 - 1, label
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

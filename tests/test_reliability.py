@@ -693,3 +693,16 @@ def test_encode_latents_waits_for_a_run_holding_its_output(tmp_path, caplog):
         logging.getLogger("l2c.io").removeHandler(handler)
         t.join(30)
     assert f"latents output {lock_path(out)} is locked by another run" in caplog.text and out.exists()
+
+
+def test_a_corrupt_image_in_a_folder_is_named(tmp_path):
+    from PIL import Image
+
+    from l2c.data import load_dataset
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a" / "ok.png")
+    (tmp_path / "imgs" / "a" / "torn.png").write_bytes((tmp_path / "imgs" / "a" / "ok.png").read_bytes()[:30])
+    ds = load_dataset(f"folder:{tmp_path / 'imgs'}", image_size=8)
+    assert ds[0][0].shape == (3, 8, 8)
+    with pytest.raises(L2CError, match=r"image .*torn\.png: cannot be decoded"):
+        ds.batch(torch.arange(2))
