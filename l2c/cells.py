@@ -456,9 +456,19 @@ def train_router_cell(m: dict, nfe: int, objective: str, lam: float, opts: dict,
         "depth": r["depth"], "cache_steps": r["cache_steps"], "steps": r["steps"],
         "probs": [[round(float(v), 6) for v in row] for row in torch.sigmoid(r["beta"].double())],
         "wall_time_s": rec["wall_time_s"], "s_per_1000_it": rec["s_per_1000_it"],
-        "last_log": json.loads(log_lines[-1]) if log_lines else None,
+        "last_log": _last_record(log_lines),
         "config": rec["config"], "environment": rec["environment"],
     })
+
+
+def _last_record(lines: list[str]) -> dict | None:
+    """The last line of a JSON-lines log that parses (a torn line is skipped), or None."""
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            continue
+    return None
 
 
 def _meta_model(m: dict):

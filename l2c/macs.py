@@ -25,7 +25,8 @@ class ModelMacs:
         return steps
 
 
-def _layer_macs(module: nn.Module, out: torch.Tensor) -> int:
+def layer_macs(module: nn.Module, out: torch.Tensor) -> int:
+    """MACs of one Linear / Conv call per image (thop convention); 0 for any other module."""
     if isinstance(module, nn.Linear):
         return module.in_features * out.numel() // out.shape[0]
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -47,7 +48,7 @@ def count_model_macs(model: nn.Module, x: torch.Tensor, t: torch.Tensor, y: torc
     branch = np.zeros((len(blocks), 2), dtype=np.int64)
 
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        macs = _layer_macs(module, out)
+        macs = layer_macs(module, out)
         total[0] += macs
         if module in owner:
             branch[owner[module]] += macs

@@ -546,6 +546,11 @@ def test_cleanfid_cross_check_agrees_and_never_downloads(tmp_path, monkeypatch):
     assert quick["fid_cleanfid"] == pytest.approx(r["fid"], rel=1e-9)
     with pytest.raises(L2CError, match="clean-fid cross-check 'none': expected one of full, frechet"):
         evaluate(tmp_path / "s.npz", tmp_path / "ref.npz", cleanfid="none")
+    from l2c.cli import main
+    assert main(["evaluate", str(tmp_path / "s.npz"), "--ref", str(tmp_path / "ref.npz"), "--no-kid",
+                 "--cleanfid", "frechet", "--out", str(tmp_path / "e.json")]) == 0
+    cli = json.loads((tmp_path / "e.json").read_text())
+    assert cli["fid_cleanfid"] == cli["cleanfid"]["fid_frechet"] and "fid_features" not in cli["cleanfid"]
 
 
 def test_cleanfid_disagreement_is_an_error_naming_both_numbers(tmp_path, monkeypatch):
@@ -706,3 +711,10 @@ def test_a_corrupt_image_in_a_folder_is_named(tmp_path):
     assert ds[0][0].shape == (3, 8, 8)
     with pytest.raises(L2CError, match=r"image .*torn\.png: cannot be decoded"):
         ds.batch(torch.arange(2))
+
+
+def test_router_record_reads_the_last_whole_log_line():
+    """The router cell's record takes the last log line that parses: a torn final line is skipped."""
+    from l2c.cells import _last_record
+    assert _last_record(['{"step": 1}', '{"step": 2}', '{"st']) == {"step": 2}
+    assert _last_record([]) is None and _last_record(["{torn"]) is None

@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..io import L2CError
+from ..macs import layer_macs
 from ..models import BRANCHES, cacheable_blocks
 
 COMPUTE, REUSE, FORECAST, TOKENS = 0, 1, 2, 3
@@ -279,15 +280,6 @@ class MacsTable:
     tokens: int  # tokens a branch runs on (for token subsets)
 
 
-def _layer_macs(module: nn.Module, out: torch.Tensor) -> int:
-    if isinstance(module, nn.Linear):
-        return module.in_features * out.numel() // out.shape[0]
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        k = int(np.prod(module.kernel_size)) * module.in_channels // module.groups
-        return k * out.numel() // out.shape[0]
-    return 0
-
-
 def macs_table(model: nn.Module) -> MacsTable:
     """Count one plain forward of a single image (zeros) with hooks on every Linear / Conv."""
     blocks = cacheable_blocks(model)
@@ -305,7 +297,7 @@ def macs_table(model: nn.Module) -> MacsTable:
     branch_m = np.zeros((len(blocks), 2), np.int64)
 
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        m = _layer_macs(module, out)
+        m = layer_macs(module, out)
         total[0] += m
         if module in owner:
             b, part = owner[module]
