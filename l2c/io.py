@@ -23,11 +23,13 @@ import platform
 import socket
 import subprocess
 import tempfile
+import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
+if TYPE_CHECKING:  # torch loads on first use: the workflow's planning imports this module without it
+    import torch
 
 log = logging.getLogger("l2c.io")
 
@@ -80,7 +82,8 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, torch.Tensor):
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(o, torch.Tensor):
         return o.tolist()
     if hasattr(o, "item"):
         return o.item()
@@ -101,6 +104,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     """torch.save, atomically."""
+    import torch  # noqa: PLC0415
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -109,6 +113,7 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """Load a torch file with ``weights_only=True`` (argparse.Namespace allowed, as the official
     router files pickle one); a missing or corrupt file raises an ``L2CError`` naming it, and so does a
     file that pickles other Python objects (loading it could run code from it: it is refused)."""
+    import torch  # noqa: PLC0415
     path = Path(path)
     if not path.exists():
         raise L2CError(f"{what} {path}: file not found")
@@ -161,6 +166,7 @@ def git_revision() -> str:
 
 def environment_record(device: str | torch.device | None = None, dtype: str | None = None) -> dict:
     """Versions, device, dtype and revision: recorded in every result file."""
+    import torch  # noqa: PLC0415
     rec = {
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -4,19 +4,32 @@
 ``MethodEngine`` that ``l2c.sampling.sample(model, noise, labels, nfe=..., engine=engine)`` runs;
 ``engine.calls`` then holds the MACs and decisions of every model call and
 ``engine.recorded_plan()`` the static plan that replays the run. Methods: see ``FAMILIES`` and
-docs/methods.md. The static L2C engine stays in ``l2c.cache``."""
+docs/methods.md. The static L2C engine stays in ``l2c.cache``. The engine's names load on first use,
+so that ``l2c.caching.registry`` (the workflow plans its cells from it) imports no torch."""
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..io import L2CError, read_json
 from . import methods  # noqa: F401  (registers the families)
-from .engine import (ACTION_CHARS, COMPUTE, FORECAST, REUSE, TOKENS, AccumulatedChange, Guards, MacsTable, MethodEngine,
-                     Plan, Policy, ResidualChange, ResidualUnit, macs_table, plan_macs, taylor_forecast)
 from .registry import FAMILIES, SAMPLERS, Context, Family, get_family, register, resolve_params
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from .engine import MethodEngine
+
+_ENGINE_NAMES = ("ACTION_CHARS", "COMPUTE", "FORECAST", "REUSE", "TOKENS", "AccumulatedChange", "Guards", "MacsTable",
+                 "MethodEngine", "Plan", "Policy", "ResidualChange", "ResidualUnit", "macs_table", "plan_macs",
+                 "taylor_forecast")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ENGINE_NAMES:
+        from . import engine  # noqa: PLC0415
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_engine(model: nn.Module, method: str, *, nfe: int, sampler: str = "ddim", params: dict[str, Any] | None = None,
@@ -24,6 +37,7 @@ def build_engine(model: nn.Module, method: str, *, nfe: int, sampler: str = "ddi
                  observer: Callable[[int, int, int, int, torch.Tensor], None] | None = None) -> MethodEngine:
     """A ``MethodEngine`` running ``method`` (a registered family, or ``"plan"`` with
     ``params={"plan": PATH}`` to replay a recorded plan) on ``model`` for ``nfe`` evaluations."""
+    from .engine import MethodEngine, Plan  # noqa: PLC0415
     if sampler not in SAMPLERS:
         raise L2CError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
     if method == "plan":

@@ -1,17 +1,20 @@
 """Method families: each caching method is one module (``l2c.caching.methods.*``) that registers a
 ``Family`` (its name, parameters with their defaults, how it builds its plan and policy); the
-engine, the Python API and the CLI know methods only through this registry."""
+engine, the Python API, the CLI and the workflow's cell planning (``l2c.cells``) know methods only
+through this registry. Importing it (and ``l2c.caching.methods``) does not import torch: a family's
+``build`` imports the engine when a plan is built."""
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..io import L2CError
-from ..models import cacheable_blocks
-from .engine import Plan, Policy
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from .engine import Plan, Policy
 
 SAMPLERS = ("ddim", "dpm2")
 
@@ -28,6 +31,7 @@ class Context:
 
     @property
     def depth(self) -> int:
+        from ..models import cacheable_blocks  # noqa: PLC0415
         return len(cacheable_blocks(self.model))
 
     @property
@@ -56,6 +60,17 @@ class Family:
     uvit: bool = True  # applies to U-ViT
     calibration: str | None = None  # what ``l2c calibrate`` must produce first (None: nothing)
     doc: dict[str, str] = field(default_factory=dict)  # parameter -> one line
+    tags: dict[str, str] = field(default_factory=dict)  # parameter -> its short tag in workflow cell names
+
+    def cell_name(self, params: dict[str, Any]) -> str:
+        """The workflow cell of this family with the given (non-default) parameters: the name, then
+        ``<tag><value>`` of each given parameter in ``tags`` order (``taylorseer-n4o4``,
+        ``teacache-th0.4``); parameters without a tag are spelled ``<key><value>``."""
+        def val(v: Any) -> str:
+            return f"{v:g}" if isinstance(v, float) else str(v).replace(" ", "")
+        keys = [k for k in self.tags if k in params] + sorted(k for k in params if k not in self.tags)
+        tail = "".join(f"{self.tags.get(k, k)}{val(params[k])}" for k in keys)
+        return f"{self.name}-{tail}" if tail else self.name
 
 
 FAMILIES: dict[str, Family] = {}

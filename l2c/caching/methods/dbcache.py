@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from ...io import L2CError
-from ..engine import COMPUTE, Guards, Plan, ResidualChange, ResidualUnit
 from ..registry import Context, Family, check_number, check_positive_int, register
 
 
@@ -20,6 +19,7 @@ def default_warmup(nfe: int) -> int:
 
 def make_build(name: str):
     def build(ctx: Context, p: dict) -> tuple:
+        from ..engine import COMPUTE, Guards, Plan, ResidualChange, ResidualUnit  # noqa: PLC0415  (torch: only when a plan is built)
         fn = check_positive_int(name, "Fn", p["Fn"])
         bn = p["Bn"] if p["Bn"] is not None else (fn if ctx.is_uvit else 0)
         bn = check_positive_int(name, "Bn", bn, minimum=0)
@@ -41,9 +41,10 @@ _DOC = {"Fn": "leading blocks always run; their residual is the signal", "Bn": "
         "threshold": "relative L1 change of the Fn blocks' residual at or under which the middle blocks are reused (cache-dit 0.08)",
         "warmup": "leading steps always computed (default: cache-dit's 8 at NFE 50, same share of steps)",
         "max_consecutive": "cap on consecutive reused steps (default: none, as cache-dit)"}
+_TAGS = {"Fn": "f", "Bn": "b", "threshold": "th"}
 register(Family(name="dbcache", summary="run Fn first / Bn last blocks, reuse the middle residual while the Fn residual barely changes",
                 defaults={"Fn": 1, "Bn": None, "threshold": 0.08, "warmup": None, "max_consecutive": None},
-                build=make_build("dbcache"), doc=_DOC))
+                build=make_build("dbcache"), doc=_DOC, tags=_TAGS))
 register(Family(name="fbcache", summary="first-block cache: DBCache with Fn = 1, Bn = 0",
                 defaults={"Fn": 1, "Bn": None, "threshold": 0.08, "warmup": None, "max_consecutive": None},
-                build=make_build("fbcache"), doc=_DOC))
+                build=make_build("fbcache"), doc=_DOC, tags=_TAGS))

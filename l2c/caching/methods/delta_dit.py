@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from ...io import L2CError
-from ..engine import COMPUTE, Plan, ResidualUnit
 from ..registry import Context, Family, check_number, check_positive_int, register
 
 
 def build(ctx: Context, p: dict) -> tuple:
+    from ..engine import COMPUTE, Plan, ResidualUnit  # noqa: PLC0415  (torch: only when a plan is built)
     if ctx.is_uvit:
         raise L2CError("method delta-dit applies to DiT only (a front block range of U-ViT would cut its long skips)")
     interval = check_positive_int("delta-dit", "interval", p["interval"])
@@ -34,6 +34,7 @@ register(Family(
     summary="reuse the rear blocks' residual in early steps and the front blocks' in late steps",
     defaults={"interval": 2, "blocks": None, "boundary": 0.5},
     build=build,
+    tags={"interval": "n", "blocks": "b"},
     doc={"interval": "one full step every N steps", "blocks": "blocks in each cached range (default depth // 2)",
          "boundary": "share of steps (from the noisiest) that cache the rear range"},
 ))

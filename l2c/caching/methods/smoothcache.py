@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 from ...io import L2CError
-from ..engine import COMPUTE, REUSE, Plan
 from ..registry import Context, Family, check_number, register
 
 
@@ -28,6 +27,7 @@ def schedule_from_errors(errors: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def build(ctx: Context, p: dict) -> tuple:
+    from ..engine import COMPUTE, REUSE, Plan  # noqa: PLC0415  (torch: only when a plan is built)
     alpha = check_number("smoothcache", "alpha", p["alpha"])
     cal = ctx.calibration
     if not cal or "errors" not in cal:
@@ -53,6 +53,7 @@ register(Family(
     summary="static mask: reuse a component type where its calibrated reuse error is below alpha",
     defaults={"alpha": 0.18},
     build=build,
+    tags={"alpha": "a"},
     calibration="smoothcache",
     doc={"alpha": "error threshold (the DiT-XL/2 DDIM-50 row of SmoothCache's Table 1: 0.18)"},
 ))

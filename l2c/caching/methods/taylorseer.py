@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import COMPUTE, FORECAST, Plan
 from ..registry import Context, Family, check_positive_int, register
 
 
@@ -24,6 +23,7 @@ def full_steps(nfe: int, interval: int, first_enhance: int = 2) -> list[int]:
 
 
 def build(ctx: Context, p: dict) -> tuple:
+    from ..engine import COMPUTE, FORECAST, Plan  # noqa: PLC0415  (torch: only when a plan is built)
     n = check_positive_int("taylorseer", "interval", p["interval"])
     order = check_positive_int("taylorseer", "order", p["order"], minimum=0)
     first = check_positive_int("taylorseer", "first_enhance", p["first_enhance"])
@@ -46,6 +46,7 @@ register(Family(
     summary="forecast every branch from the last full steps (Taylor series), full every N steps",
     defaults={"interval": 4, "order": 4, "first_enhance": 2, "variable": None, "form": "taylor"},
     build=build,
+    tags={"interval": "n", "order": "o"},
     doc={"interval": "N: one full step every N steps after the first ones (authors' DiT default 4)",
          "order": "Taylor order (authors' DiT default 4; 0 = plain reuse)",
          "first_enhance": "leading steps always computed (authors: 2)",

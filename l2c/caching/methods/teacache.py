@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from ...io import L2CError
-from ..engine import COMPUTE, AccumulatedChange, Guards, Plan, ResidualUnit
 from ..registry import Context, Family, check_number, register
 
 
 def build(ctx: Context, p: dict) -> tuple:
+    from ..engine import COMPUTE, AccumulatedChange, Guards, Plan, ResidualUnit  # noqa: PLC0415  (torch: only when a plan is built)
     threshold = check_number("teacache", "threshold", p["threshold"])
     coef = p["coefficients"]
     if coef is None:
@@ -36,6 +36,7 @@ register(Family(
     summary="skip the whole trunk while the accumulated, rescaled input change stays under a threshold",
     defaults={"threshold": 0.4, "coefficients": None},
     build=build,
+    tags={"threshold": "th"},
     calibration="teacache",
     doc={"threshold": "accumulated rescaled distance under which steps reuse (FLUX defaults 0.25/0.4/0.6/0.8)",
          "coefficients": "rescaling polynomial, highest power first (default: the calibration file's fit)"},

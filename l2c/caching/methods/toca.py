@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 
 from ...io import L2CError
-from ..engine import COMPUTE, REUSE, TOKENS, Plan
 from ..registry import Context, Family, check_number, check_positive_int, register
 
 
@@ -36,6 +35,7 @@ def fresh_ratio(k: int, b: int, nfe: int, depth: int, ratio: float, step_weight:
 
 
 def build(ctx: Context, p: dict) -> tuple:
+    from ..engine import COMPUTE, REUSE, TOKENS, Plan  # noqa: PLC0415  (torch: only when a plan is built)
     if ctx.is_uvit:
         raise L2CError("method toca applies to DiT only (its token score needs a square grid of patch tokens)")
     n = check_positive_int("toca", "interval", p["interval"])
@@ -62,6 +62,7 @@ register(Family(
     summary="reuse attention, recompute the MLP on the top-scored tokens only, full steps by ToCa's cycle",
     defaults={"interval": 4, "ratio": 0.07, "soft_weight": 0.25, "bonus": 0.8},
     build=build,
+    tags={"interval": "n", "ratio": "r"},
     doc={"interval": "N of the force-activation cycle (authors' DiT default 4)",
          "ratio": "base fresh-token ratio (authors' DiT DDIM-50 default 0.07; scaled per step and layer)",
          "soft_weight": "weight of the cache-age score (authors: 0.25)", "bonus": "2x2-patch bonus (authors: 0.8)"},
