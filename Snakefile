@@ -40,6 +40,7 @@ localrules:
     fig6_theta,
     fig7_samples,
     fig8_speedup,
+    fig9_methods,
 
 
 rule all:

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from .tables import HEURISTIC_FAMILIES, best_heuristic, beyond_cells, method_label  # noqa: E402
+from .tables import CACHING_LABELS, HEURISTIC_FAMILIES, best_heuristic, beyond_cells, method_label, methods_cells  # noqa: E402
 
 STYLE = {  # family -> (label, colour, marker); L2C stands out, heuristics share a muted palette
     "l2c": ("Learning-to-Cache", "#d62728", "o"),
@@ -306,6 +306,57 @@ def fig8_speedup(cells_csv: str, model: str, nfe: int, label: str):
     return fig, meta
 
 
+# -- Fig. 9 (the field's caching methods) ---------------------------------------------------------------
+
+METHOD_MARKERS = {"taylorseer": "o", "teacache": "s", "fbcache": "^", "dbcache": "v", "toca": "D", "smoothcache": "P",
+                  "delta-dit": "X"}
+
+
+def fig9_methods(cells_csv: str, model: str, nfe: int, label: str):
+    """Quality vs MACs speedup and vs measured speedup: each caching method (one curve per family
+    over its rows), L2C, the trajectory router, fewer steps and the best heuristic on the same axes."""
+    df = pd.read_csv(cells_csv)
+    df = df[(df["model"] == model) & (df["nfe"] == nfe)]
+    d = methods_cells(df).copy()
+    d["psnr"] = psnr_for_plot(d)
+    best = d[d["family"].isin(HEURISTIC_FAMILIES)]
+    d = pd.concat([d[~d["family"].isin(HEURISTIC_FAMILIES)], best.assign(family="best")])
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    panels = [("speedup_macs", "fid", "speedup in MACs (x)", "FID"), ("speedup", "fid", "measured speedup (x)", "FID"),
+              ("speedup_macs", "psnr", "speedup in MACs (x)", "PSNR to uncached (dB)"),
+              ("speedup", "psnr", "measured speedup (x)", "PSNR to uncached (dB)")]
+    palette = sns.color_palette("tab10", 10)
+    for ax, (x, y, xl, yl) in zip(axes.flat, panels):
+        for fam in ("fewer", "best", "l2c", "trajectory", "full"):
+            f = d[d["family"] == fam].dropna(subset=[x, y]).sort_values(x)
+            if f.empty:
+                continue
+            name, color, marker = STYLE[fam]
+            ax.plot(f[x], f[y], color=color, marker=marker, ms=9 if fam == "full" else 6, ls="none" if fam == "full" else "-",
+                    lw=2.2 if fam in ("l2c", "trajectory") else 1.2, label=name, alpha=0.8)
+        meth = d[d["family"] == "method"]
+        for i, (cach, f) in enumerate(meth.groupby("caching", sort=True)):
+            f = f.dropna(subset=[x, y]).sort_values(x)
+            if f.empty:
+                continue
+            ax.plot(f[x], f[y], color=palette[(i + 4) % 10], marker=METHOD_MARKERS.get(cach, "o"), ms=7, lw=1.2, ls="--",
+                    label=CACHING_LABELS.get(cach, cach))
+        ax.set(xlabel=xl, ylabel=yl)
+        ax.grid(alpha=0.3)
+    handles, labels = {}, {}
+    for ax in axes.flat:  # one legend entry per family present in any panel
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=5, frameon=False, bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle(f"Caching methods: {label}, NFE {nfe}: quality vs MACs and measured speedup, beside L2C, the trajectory "
+                 f"router, fewer steps and the best heuristic (metric backend: {', '.join(sorted(set(d['backend'].dropna())))})",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    meta = {"title": f"Fig. 9 caching methods {label} NFE {nfe}", "cells": d["method"].tolist(),
+            "environment": _env_from_cells(df), "seeds": {"sampling": sorted(set(df["sampling_seed"].dropna().astype(int)))}}
+    return fig, meta
+
+
 # -- dispatch (workflow/scripts/figure.py) --------------------------------------------------------------
 
 def render(rule: str, inputs: dict[str, Any], params: dict[str, Any], wildcards: dict[str, str], *, png: str, pdf: str,
@@ -324,6 +375,8 @@ def render(rule: str, inputs: dict[str, Any], params: dict[str, Any], wildcards:
         fig, m = fig6_theta(inputs["cells"], model, nfe, params["lam"], label)
     elif rule == "fig8_speedup":
         fig, m = fig8_speedup(inputs["cells"], model, nfe, label)
+    elif rule == "fig9_methods":
+        fig, m = fig9_methods(inputs["cells"], model, nfe, label)
     elif rule == "fig7_samples":
         samples = inputs["samples"]
         fig, m = fig7_samples([samples] if isinstance(samples, str) else list(samples), list(params["methods"]),

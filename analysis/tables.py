@@ -18,6 +18,11 @@ import numpy as np
 import pandas as pd
 
 PAPER_RESULTS = str(Path(__file__).resolve().parent / "paper_results.csv")
+# published numbers of the field's caching methods (docs/methods.md; transcribed from the methods'
+# papers and repositories), matched to a cell by (paper model, grid NFE, cell name)
+PEER_RESULTS = str(Path(__file__).resolve().parent / "peer_results.csv")
+CACHING_LABELS = {"taylorseer": "TaylorSeer", "teacache": "TeaCache", "fbcache": "First-block cache", "dbcache": "DBCache",
+                  "toca": "ToCa", "smoothcache": "SmoothCache", "delta-dit": "Δ-DiT-style"}
 
 FAMILY_LABELS = {
     "full": "{solver}", "fewer": "{solver} (fewer steps)", "l2c": "L2C", "official": "L2C (official router)",
@@ -56,6 +61,8 @@ TABLE_COLUMNS: dict[str, list[str]] = {
                                                                        "paper speedup"] + PAPER_QUALITY,
     "fig4": ID + ["family", "budget of", "removed", "MACs (G)", "latency (s)", "speedup", "speedup (MACs)"] + QUALITY + ["backend"],
     "beyond": ID + ["family", "budget of", "removed", "MACs (G)", "speedup (MACs)", "latency (s)", "speedup"] + QUALITY + ["backend"],
+    "methods": ["model", "method", "params", "NFE", "family", "MACs (G)", "speedup (MACs)", "latency (s)", "speedup", "FID",
+                "sFID", "IS", "PSNR (dB)", "backend", "paper speedup (MACs)", "paper FID", "paper source"],
 }
 
 TITLES = {
@@ -69,6 +76,8 @@ TITLES = {
     "table9": "Table 9: lambda ablation",
     "fig4": "Fig. 4 data: L2C vs heuristics vs fewer steps at matched budgets",
     "beyond": "Beyond the paper: trajectory-trained routers (every step may reuse) vs L2C, fewer steps and the best heuristic, by MACs speedup",
+    "methods": "The field's caching methods (l2c.caching, authors' defaults) beside L2C, the trajectory router, fewer steps and "
+               "the best heuristic, by MACs speedup (method MACs: the decisions its sampling runs took)",
 }
 
 
@@ -108,6 +117,8 @@ def tables_for(cells: list[dict]) -> list[str]:
         out.append("fig4")
     if "trajectory" in fams:
         out.append("beyond")
+    if "method" in fams:
+        out.append("methods")
     return out
 
 
@@ -119,6 +130,8 @@ def read_paper(path: str | Path = PAPER_RESULTS) -> pd.DataFrame:
 
 def method_label(row: pd.Series) -> str:
     solver = SOLVERS.get(row["sampler"], row["sampler"])
+    if row["family"] == "method":
+        return CACHING_LABELS.get(row.get("caching"), row.get("caching"))
     label = FAMILY_LABELS.get(row["family"], row["family"]).format(solver=solver)
     if row["family"] == "cache-all" and row["sampler"] == "dpm2":
         label = "Cache, shifted"
@@ -137,7 +150,8 @@ def ours(df: pd.DataFrame) -> pd.DataFrame:
         "model": df["model_label"], "method": df.apply(method_label, axis=1),
         "lambda": df["lam"], "theta": df["theta"], "NFE": df["nfe_sampled"].astype(int),
         "family": df["family"], "budget of": df["match"],
-        "removed": [f"{int(r)}/{int(t)}" if t else "0/0" for r, t in zip(df["num_reused"], df["cache_sublayers"])],
+        "removed": [("–" if pd.isna(t) else f"{int(r)}/{int(t)}" if t else "0/0")
+                    for r, t in zip(df["num_reused"], df["cache_sublayers"])],
         "MACs (G)": df["macs_total"] / 1e9, "latency (s)": df["latency_s"], "speedup": df["speedup"],
         "speedup (MACs)": df["speedup_macs"],
         "IS": df["is"], "FID": df["fid"], "sFID": df["sfid"],
@@ -291,15 +305,50 @@ def beyond(df: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     return _select(ours(d), TABLE_COLUMNS["beyond"])
 
 
+def read_peer(path: str | Path = PEER_RESULTS) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def methods_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, NFE) with caching-method cells: those cells, the uncached one, the L2C cells at the
+    main theta, the trajectory routers, the fewer-steps cells and the best heuristic at each L2C budget."""
+    if "caching" not in df:
+        return df.iloc[0:0]
+    have = df[df["family"] == "method"].set_index(["model", "nfe"]).index
+    at = df.set_index(["model", "nfe"]).index.isin(have)
+    d = df[at & _main(df) & df["family"].isin(["full", "l2c", "trajectory", "fewer", "method"])]
+    return pd.concat([d, best_heuristic(df[at])])
+
+
+def methods(df: pd.DataFrame, paper: pd.DataFrame, peer: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The caching methods beside L2C, per (model, NFE) sorted by MACs speedup, with the published
+    numbers of ``peer_results.csv`` beside the paper cells they match (e.g. TaylorSeer N3O3 at DDIM-50)."""
+    peer = read_peer() if peer is None else peer
+    d = methods_cells(df)
+    models = {m: i for i, m in enumerate(dict.fromkeys(d["model"]))}
+    d = d.assign(_m=d["model"].map(models), _n=-d["nfe"]).sort_values(["_m", "_n", "speedup_macs", "family"], kind="stable")
+    out = ours(d)
+    out["params"] = d["params"] if "params" in d else np.nan
+    rows = []
+    for _, r in d.iterrows():
+        p = peer[(peer["model"] == r["paper_model"]) & (peer["grid_nfe"] == r["nfe"]) & (peer["method"] == r["method"])]
+        rows.append({"paper speedup (MACs)": _opt(p.iloc[0]["speedup_macs"]), "paper FID": _opt(p.iloc[0]["fid"]),
+                     "paper source": p.iloc[0]["source"]} if len(p) else {})
+    extra = pd.DataFrame(rows, index=d.index)
+    for col in ("paper speedup (MACs)", "paper FID", "paper source"):
+        out[col] = extra[col] if col in extra else np.nan
+    return _select(out, TABLE_COLUMNS["methods"])
+
+
 TABLES: dict[str, Callable[[pd.DataFrame, pd.DataFrame], pd.DataFrame]] = {
     "table1": table1, "table2": table2, "table3": table3, "table4": table4, "table5": table5,
-    "table6": table6, "table8": table8, "table9": table9, "fig4": fig4, "beyond": beyond,
+    "table6": table6, "table8": table8, "table9": table9, "fig4": fig4, "beyond": beyond, "methods": methods,
 }
 
 
 # -- rendering ---------------------------------------------------------------------------------------------
 
-DIGITS = {"MACs (G)": 3, "latency (s)": 4, "speedup": 2, "speedup (MACs)": 2, "IS": 2, "FID": 2, "sFID": 2,
+DIGITS = {"paper speedup (MACs)": 2, "MACs (G)": 3, "latency (s)": 4, "speedup": 2, "speedup (MACs)": 2, "IS": 2, "FID": 2, "sFID": 2,
           "precision": 2, "recall": 2, "PSNR (dB)": 2, "remove ratio (%)": 2, "FFN (%)": 2, "MHSA (%)": 2,
           "router training (s)": 1, "paper latency (s)": 3}
 
@@ -362,11 +411,11 @@ def to_markdown(df: pd.DataFrame, cap: str) -> str:
 
 
 def render_table(name: str, cells_csv: str | Path, paper_csv: str | Path = PAPER_RESULTS, *, csv: str | Path,
-                 md: str | Path, tex: str | Path, note: str | None = None) -> pd.DataFrame:
+                 md: str | Path, tex: str | Path, note: str | None = None, peer_csv: str | Path = PEER_RESULTS) -> pd.DataFrame:
     """Build table ``name`` from the cells and write it as CSV (full precision), Markdown and LaTeX;
     ``note`` leads the caption (a rehearsal says its numbers are meaningless)."""
     df = pd.read_csv(cells_csv)
-    t = TABLES[name](df, read_paper(paper_csv))
+    t = methods(df, read_paper(paper_csv), read_peer(peer_csv)) if name == "methods" else TABLES[name](df, read_paper(paper_csv))
     cap = caption(name, t) if not note else f"{note} {caption(name, t)}"
     t.to_csv(csv, index=False)
     Path(md).write_text(to_markdown(t, cap))

@@ -6,9 +6,10 @@ A *cell* is one (model, NFE, method) entry of the paper's tables: ``full`` (the 
 cell's budget (``bottom``, ``top``, ``random-s{seed}``, ``metrics``, ``interval``, ``deepcache``,
 ``faster-diffusion``), the Tables 5/7
 drop baselines (``drop`` = learning-to-drop, ``random-drop-s{seed}``), ``cache-all`` (Table 6),
-``official-th{θ}`` (the authors' released router) and, beyond the paper, ``traj-lam{λ}-th{θ}``
+``official-th{θ}`` (the authors' released router), beyond the paper, ``traj-lam{λ}-th{θ}``
 (a trajectory-trained router, ``l2c.router`` objective ``trajectory``) with its fewer-steps twin
-``fewer-traj-lam{λ}``.
+``fewer-traj-lam{λ}``, and the field's caching methods of ``l2c.caching`` (key ``methods``: one cell per
+row, named by the family's registry, e.g. ``taylorseer-n3o3``, ``teacache-th0.4``, ``fbcache``).
 
 Two halves, one file:
 
@@ -26,7 +27,7 @@ import copy
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -91,6 +92,8 @@ NFE_DEFAULTS: dict[str, Any] = {
     "trajectory_lambdas": [],  # one trajectory router each -> traj-lam{λ}-th{θ} + fewer-traj-lam{λ} (same MACs)
     "trajectory_theta": 0.5,  # compute iff sigmoid(beta) > theta
     "trajectory_router": {},  # overrides of the router settings for trajectory training (steps, batch_size, lr)
+    # The field's caching methods (l2c.caching registry): {family: [params, ...]}, one cell per row
+    "methods": {},
 }
 
 HEURISTICS = ("bottom", "top", "random", "metrics", "interval", "deepcache", "faster-diffusion")
@@ -251,10 +254,58 @@ def _resolve_nfe(s: dict, where: str, m: dict) -> dict:
     s["trajectory_lambdas"] = [_real(x, f"{where}.trajectory_lambdas", 0) for x in s["trajectory_lambdas"]]
     s["trajectory_theta"] = _real(s["trajectory_theta"], f"{where}.trajectory_theta", 0, 1)
     s["trajectory_router"] = _merge(s["router"], s["trajectory_router"])
+    s["methods"] = _resolve_methods(s["methods"], f"{where}.methods")
     if s["trajectory_lambdas"] and m["sampler"] != "ddim":
         raise ConfigError(f"{where}.trajectory_lambdas: the trajectory objective is implemented for the ddim sampler, "
                           f"not {m['sampler']!r}")
     return s
+
+
+def _resolve_methods(methods: Any, where: str) -> dict[str, list[dict]]:
+    """``methods: {family: [params, ...]}`` checked against the registry of ``l2c.caching`` (imported
+    without torch): the family is registered, each row a mapping of its parameters."""
+    from .caching import registry
+    from .caching import methods as _  # noqa: F401  (registers the families)
+    if not isinstance(methods, dict):
+        raise ConfigError(f"{where}: expected a mapping of method family to a list of parameter rows")
+    out = {}
+    for name, rows in methods.items():
+        if name not in registry.FAMILIES:
+            raise ConfigError(f"{where}.{name}: unknown caching method; known: {', '.join(sorted(registry.FAMILIES))}")
+        fam = registry.FAMILIES[name]
+        rows = [{}] if rows is None else rows
+        if not isinstance(rows, list) or not rows:
+            raise ConfigError(f"{where}.{name}: expected a list of parameter rows ({{}} for the authors' defaults)")
+        out[name] = []
+        for i, row in enumerate(rows):
+            row = {} if row is None else row
+            if not isinstance(row, dict):
+                raise ConfigError(f"{where}.{name}.{i}: expected a mapping of parameters, got {row!r}")
+            unknown = sorted(set(row) - set(fam.defaults))
+            if unknown:
+                raise ConfigError(f"{where}.{name}.{i}.{unknown[0]}: not a parameter of {name}; valid: {', '.join(fam.defaults)}")
+            out[name].append({k: (float(v) if isinstance(v, str) and _is_number(v) else v) for k, v in row.items()})
+    return out
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def method_cells(model: str, nfe: int, s: dict) -> list["Cell"]:
+    """The cells of the ``methods`` rows of one (model, NFE), named by each family's registry."""
+    from .caching import registry
+    out = []
+    for name, rows in s["methods"].items():
+        fam = registry.FAMILIES[name]
+        for row in rows:
+            out.append(Cell(model, nfe, fam.cell_name(row), "method", caching=name, params=dict(row),
+                            calibration=fam.calibration))
+    return out
 
 
 # -- the grid ------------------------------------------------------------------------------------
@@ -266,13 +317,16 @@ class Cell:
     model: str
     nfe: int
     method: str
-    family: str  # full | l2c | fewer | bottom | top | random | metrics | interval | deepcache | faster-diffusion | drop | random-drop | cache-all | cache-all-unshifted | official | trajectory
+    family: str  # method (a caching method of l2c.caching, see ``caching``) | full | l2c | fewer | bottom | top | random | metrics | interval | deepcache | faster-diffusion | drop | random-drop | cache-all | cache-all-unshifted | official | trajectory
     lam: float | None = None
     theta: float | None = None
     seed: int | None = None
     match: str | None = None  # the L2C cell whose budget (or MACs, for fewer) this cell matches
     router: str | None = None  # router id: cache-lam{λ}, drop-lam{λ}, or "official"
     sweep: bool = False  # outside the main tables: theta sweep (Fig. 6), fewer-steps twins of trajectory cells
+    caching: str | None = None  # family "method": the l2c.caching family (taylorseer, teacache, ...)
+    params: dict | None = field(default=None, hash=False)  # its parameters (the config row; defaults omitted)
+    calibration: str | None = None  # the calibration pass it needs first (l2c calibrate --method), or None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -334,7 +388,12 @@ def _plan_nfe(model: str, nfe: int, s: dict, sampler: str, seeds: list[int]) -> 
         method = trajectory_method(x, tt)
         out.append(Cell(model, nfe, method, "trajectory", x, tt, router=router_id("trajectory", x)))
         out.append(Cell(model, nfe, f"fewer-traj-lam{fmt(x)}", "fewer", x, tt, match=method, sweep=True))
-    return out
+    return out + method_cells(model, nfe, s)
+
+
+def calibrations(cfg: dict) -> list[tuple[str, int, str]]:
+    """Every calibration pass to run: (model, nfe, method family)."""
+    return list(dict.fromkeys((c.model, c.nfe, c.caching) for c in plan(cfg) if c.calibration))
 
 
 def routers(cfg: dict) -> list[tuple[str, int, str, float]]:
@@ -421,6 +480,16 @@ def pretrain_model(pre: dict, out_dir: str | os.PathLike, threads: int | None = 
     return pretrain(PretrainConfig(**opts), out_dir, progress=False)
 
 
+def calibrate_cell(m: dict, nfe: int, method: str, out: str | os.PathLike, *, device: str = "cpu",
+                   threads: int | None = None) -> None:
+    """``l2c calibrate --method`` for one (model, NFE): uncached runs of the model row's sampler and
+    guidance, the record written to ``out`` (under work/, not beside the checkpoint)."""
+    from .caching.calibrate import calibrate
+    _set_threads(threads)
+    model = load_cell_model(m).to(device).eval()
+    calibrate(model, method, out, nfe=nfe, sampler=m["sampler"], cfg_scale=m["cfg_scale"], checkpoint=m["checkpoint"])
+
+
 def profile_cell(m: dict, nfe: int, out: str | os.PathLike, *, num_samples: int, seed: int, threads: int | None = None) -> None:
     """Redundancy profile of one (model, NFE) (paper Fig. 3; ranking of the Metrics heuristic)."""
     import numpy as np
@@ -504,8 +573,33 @@ def _model_macs(m: dict):
         return count_model_macs(model, x, torch.zeros(1), torch.zeros(1, dtype=torch.long))
 
 
+def make_method_spec(cell: dict, m: dict, out: str | os.PathLike, calibration: str | None = None) -> None:
+    """The "method spec" of a caching-method cell, written where a schedule would be: the family, its
+    parameters (the config row), the calibration file, the NFE and sampler. The parameters are checked
+    by building the method's plan on the model's architecture (meta device, no weights read)."""
+    from .caching import build_engine
+    from .io import L2CError, write_json
+    try:
+        eng = build_engine(_meta_model(m), cell["caching"], nfe=cell["nfe"], sampler=m["sampler"],
+                           params=cell["params"], calibration=calibration)
+    except L2CError as e:
+        raise L2CError(f"cell {cell['model']}/nfe{cell['nfe']}/{cell['method']}: {e}") from None
+    write_json(out, {"kind": "method", "method": cell["caching"], "params": cell["params"] or {},
+                     "resolved_params": eng.plan.params, "calibration": calibration, "nfe": cell["nfe"],
+                     "sampler": m["sampler"], "cell": cell})
+
+
+def read_spec(path: str | os.PathLike) -> dict:
+    """A cell's schedule JSON, or its method spec (``kind: method``)."""
+    return json.loads(Path(path).read_text())
+
+
+def is_method_spec(spec: dict) -> bool:
+    return spec.get("kind") == "method"
+
+
 def make_schedule(cell: dict, m: dict, out: str | os.PathLike, *, router: str | None = None, match: str | None = None,
-                  profile: str | None = None) -> None:
+                  profile: str | None = None, calibration: str | None = None) -> None:
     """Write the cache schedule JSON of a cell (its ``nfe`` is the number of steps actually sampled).
 
     ``full`` / ``fewer``: compute everything (fewer: k steps with k x MACs per evaluation closest to
@@ -524,6 +618,8 @@ def make_schedule(cell: dict, m: dict, out: str | os.PathLike, *, router: str | 
     from .profile import profile_matrix, read_profile
     from .router import load_router, load_schedule_from_router
 
+    if cell["family"] == "method":
+        return make_method_spec(cell, m, out, calibration)
     fam, nfe, sampler = cell["family"], cell["nfe"], m["sampler"]
     target = CacheSchedule.load(match) if match else None
     meta: dict[str, Any] = {"cell": cell}
@@ -592,6 +688,13 @@ def sample_config(m: dict, schedule_json: str | os.PathLike, device: str, dtype:
     from .cache import CacheSchedule
     from .generate import SampleConfig
     s = m["sampling"]
+    spec = read_spec(schedule_json)
+    if is_method_spec(spec):  # a caching method of l2c.caching
+        return SampleConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], vae=m["vae"],
+                            sampler=m["sampler"], nfe=spec["nfe"], cfg_scale=m["cfg_scale"], cfg_channels=m["cfg_channels"],
+                            method=spec["method"], method_params=spec["params"], calibration=spec["calibration"],
+                            num_samples=s["num_samples"], seed=s["seed"], labels=s["labels"], shard_size=s["shard_size"],
+                            batch_size=s["batch_size"], device=device, dtype=dtype)
     sched = CacheSchedule.load(schedule_json)
     return SampleConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], vae=m["vae"],
                         sampler=m["sampler"], nfe=sched.nfe, cfg_scale=m["cfg_scale"], cfg_channels=m["cfg_channels"],
@@ -637,6 +740,9 @@ def measure_latency(m: dict, schedule_json: str | os.PathLike, nfe: int, *, devi
     _set_threads(threads)
     dev = torch.device(device)
     model = load_cell_model(m).to(dev)
+    if is_method_spec(read_spec(schedule_json)):
+        return _method_latency(model, m, read_spec(schedule_json), nfe, dev=dev, dtype=dtype, batch=batch, repeats=repeats,
+                               warmup=warmup, seed=seed)
     sched = CacheSchedule.load(schedule_json)
     cell_sched = sched if sched.num_reused else None
     g = torch.Generator().manual_seed(seed)
@@ -669,18 +775,69 @@ def measure_latency(m: dict, schedule_json: str | os.PathLike, nfe: int, *, devi
     }
 
 
+def _method_latency(model, m: dict, spec: dict, nfe: int, *, dev, dtype: str, batch: int, repeats: int, warmup: int,
+                    seed: int) -> dict:
+    """Latency of a caching-method cell through its engine (``l2c.caching``), interleaved with the
+    uncached sampler as for schedules, and the MACs of the decisions its last timed run took."""
+    import statistics
+    from contextlib import nullcontext
+
+    import torch
+
+    from .bench import DTYPES, time_sampling
+    from .caching import build_engine
+    from .io import environment_record
+    eng = build_engine(model, spec["method"], nfe=spec["nfe"], sampler=m["sampler"], params=spec["params"],
+                       calibration=spec["calibration"])
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g).to(dev)
+    labels = torch.randint(model.num_classes, (batch,), generator=g).to(dev)
+    autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype in ("bf16", "fp16") else nullcontext()
+    common = dict(sampler=m["sampler"], cfg_scale=m["cfg_scale"], cfg_channels=m["cfg_channels"], autocast=autocast)
+    time_sampling(model, noise, labels, repeats=0, warmup=warmup, nfe=nfe, **common)
+    time_sampling(model, noise, labels, repeats=0, warmup=warmup, nfe=spec["nfe"], engine=eng, **common)
+    full, cached = [], []
+    for _ in range(repeats):
+        full += time_sampling(model, noise, labels, repeats=1, warmup=0, nfe=nfe, **common)
+        cached += time_sampling(model, noise, labels, repeats=1, warmup=0, nfe=spec["nfe"], engine=eng, **common)
+    per_eval = int(eng.macs_table().per_eval)
+    total = int(sum(eng.macs_per_step()))
+    t_full, t_cell = statistics.median(full), statistics.median(cached)
+    return {
+        "nfe": nfe, "nfe_sampled": spec["nfe"], "batch": batch, "repeats": repeats, "warmup": warmup, "seed": seed,
+        "cfg_scale": m["cfg_scale"], "latency_full_s": t_full, "latency_s": t_cell, "speedup": t_full / t_cell,
+        "latency_full_all_s": full, "latency_all_s": cached, "method": spec["method"], "params": eng.plan.params,
+        "macs_per_eval": per_eval, "macs_total": total, "macs_full": per_eval * nfe, "speedup_macs": per_eval * nfe / total,
+        "macs_source": "latency batch (decisions of the last timed run)",
+        "environment": environment_record(dev, dtype),
+    }
+
+
 # -- one row per cell (no torch) ---------------------------------------------------------------------
 
 def _num(x: Any) -> Any:
     return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
-def cell_record(cell: dict, m: dict, schedule: dict, evaluation: dict, latency: dict, router: dict | None = None) -> dict:
-    """The flat data row of one cell, everything a table or figure needs (``results/.../cells/*.json``)."""
+def cell_record(cell: dict, m: dict, schedule: dict, evaluation: dict, latency: dict, router: dict | None = None,
+                samples: dict | None = None) -> dict:
+    """The flat data row of one cell, everything a table or figure needs (``results/.../cells/*.json``).
+    ``schedule`` is the cell's schedule, or its method spec (a caching method: MACs from the sampling
+    record's ``method_macs_per_image``, the decisions its runs actually took)."""
     paired = evaluation.get("paired") or {}
-    cache_sub = len(schedule["cache_steps"]) * 2 * schedule["depth"]
-    reused = sum(row.count("0") for row in schedule["compute"])
     env = latency.get("environment", {})
+    if is_method_spec(schedule):
+        macs_full = latency["macs_full"]
+        macs = (samples or {}).get("method_macs_per_image")
+        macs_total = macs if macs is not None else latency["macs_total"]
+        schedule = {"nfe": schedule["nfe"], "policy": "method", "source": f"l2c.caching:{schedule['method']}",
+                    "depth": None, "remove_ratio": 1 - macs_total / macs_full, "remove_ratio_attn": None,
+                    "remove_ratio_mlp": None, "method_params": schedule["resolved_params"]}
+        cache_sub = reused = None
+        latency = {**latency, "macs_total": macs_total, "speedup_macs": macs_full / macs_total}
+    else:
+        cache_sub = len(schedule["cache_steps"]) * 2 * schedule["depth"]
+        reused = sum(row.count("0") for row in schedule["compute"])
     rec = {
         **{k: cell[k] for k in ("model", "nfe", "method", "family", "lam", "theta", "seed", "match", "router", "sweep")},
         "model_label": m["label"], "paper_model": m["paper"], "sampler": m["sampler"], "cfg_scale": m["cfg_scale"],
@@ -704,6 +861,9 @@ def cell_record(cell: dict, m: dict, schedule: dict, evaluation: dict, latency: 
         "sampling_seed": m["sampling"]["seed"], "device": env.get("device"), "device_name": env.get("device_name"),
         "dtype": env.get("dtype"), "torch": env.get("torch"), "git_revision": env.get("git_revision"),
         "threads": env.get("num_threads"),
+        "caching": cell.get("caching"), "method_params": schedule.get("method_params"),
+        "params": ", ".join(f"{k}={v}" for k, v in (cell.get("params") or {}).items()) if cell.get("caching") else None,
+        "macs_source": "sampling (decisions taken)" if (samples or {}).get("method_macs_per_image") is not None else None,
     }
     return rec
 

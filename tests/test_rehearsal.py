@@ -28,7 +28,7 @@ REHEARSAL = REPO / "config" / "rehearsal.yaml"
 ROUTERS = REPO.parent / "shared" / "reference" / "official-routers"
 NEEDS_ROUTERS = pytest.mark.skipif(not ROUTERS.is_dir(), reason=f"the authors' router files are not here ({ROUTERS}); "
                                    "they are reference data outside the project")
-GPU_RULES = {"profile", "train_router", "sample_part", "evaluate", "latency"}  # "sample" too when sample_jobs is 1
+GPU_RULES = {"profile", "train_router", "sample_part", "evaluate", "latency", "calibrate"}  # "sample" too when sample_jobs is 1
 
 
 def load(path: Path) -> dict:
@@ -73,7 +73,7 @@ def grid_signature(cfg: dict) -> dict:
         row["nfe"] = {}
         for nfe, s in m["nfe"].items():
             keys = ("lambdas", "lambda", "theta", "thetas", "fewer_lambdas", "heuristics", "heuristic_lambdas", "drop",
-                    "cache_all", "trajectory_lambdas", "trajectory_theta")
+                    "cache_all", "trajectory_lambdas", "trajectory_theta", "methods")
             row["nfe"][nfe] = {k: s[k] for k in keys}
             row["nfe"][nfe]["official_router"] = Path(s["official_router"]).name if s["official_router"] else None
             row["nfe"][nfe]["trajectory_loss"] = s["trajectory_router"].get("trajectory_loss")
@@ -91,9 +91,9 @@ def test_rehearsal_follows_the_paper_grid():
     for name in paper["models"]:
         assert reh["models"][name] == paper["models"][name], name
     assert reh == paper
-    assert len(reh["cells"]) == 81 and {f for *_, f in reh["cells"]} == {
+    assert len(reh["cells"]) == 95 and {f for *_, f in reh["cells"]} == {
         "full", "l2c", "fewer", "bottom", "top", "random", "metrics", "interval", "deepcache", "faster-diffusion", "drop",
-        "random-drop", "cache-all", "cache-all-unshifted", "official", "trajectory"}
+        "random-drop", "cache-all", "cache-all-unshifted", "official", "trajectory", "method"}
     # only sizes differ, and the rehearsal exercises the fan-out
     r = load(REHEARSAL)
     assert r["sample_jobs"] == 2 and r["sampling"]["num_samples"] <= 16 and r["router"]["steps"] <= 4
@@ -130,9 +130,9 @@ def test_rehearsal_dry_run_plans_the_paper_dag_and_its_standins(tmp_path):
     counts = {}
     for rule, _ in planned_jobs(out):
         counts[rule.removeprefix("local:")] = counts.get(rule.removeprefix("local:"), 0) + 1
-    assert counts["sample_part"] == 2 * 81 and counts["merge_samples"] == counts["evaluate"] == counts["latency"] == 81
+    assert counts["sample_part"] == 2 * 95 and counts["merge_samples"] == counts["evaluate"] == counts["latency"] == 95
     assert "sample" not in counts  # fanned out: the per-cell job only merges
-    assert counts["train_router"] == 18 and counts["profile"] == 8 and counts["table"] == 10
+    assert counts["train_router"] == 18 and counts["profile"] == 8 and counts["table"] == 11 and counts["calibrate"] == 4
     assert counts["rehearsal_checkpoint"] == 4 and counts["encode_latents"] == 3 and counts["rehearsal_reference"] == 2
     for rule in ("rehearsal_vae_folder", "rehearsal_vae_file", "rehearsal_images", "rehearsal_inception"):
         assert counts[rule] == 1, rule
@@ -156,7 +156,7 @@ def test_slurm_profile_puts_gpu_rules_on_the_gpu_partition(tmp_path):
         seen.add(rule)
         if rule.startswith("local:"):
             assert rule[6:] in {"all", "cell", "collect", "table", "fig3_redundancy", "fig4_matched", "fig5_router",
-                                "fig6_theta", "fig7_samples", "fig8_speedup"}, rule
+                                "fig6_theta", "fig7_samples", "fig8_speedup", "fig9_methods"}, rule
         elif rule in GPU_RULES:
             assert res["slurm_partition"] == "gpu" and res["gpu"] == "1", (rule, res)
             assert int(res["mem_mb"]) >= 32000 and int(res["runtime"]) >= 60, (rule, res)

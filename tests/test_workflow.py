@@ -58,8 +58,9 @@ def n_cells(configfile: Path) -> int:
 
 
 def expected_jobs(cfg: dict, digits_reference: bool) -> int:
-    """Jobs of a fresh run: 5 per cell (schedule, sample, evaluate, latency, cell), the routers, one
-    profile per (model, NFE), the reference, collect, tables, figures and `all`."""
+    """Jobs of a fresh run: 5 per cell (schedule, sample, evaluate, latency, cell), the routers, the
+    caching methods' calibration passes, one profile per (model, NFE), the reference, collect, tables,
+    figures and `all`."""
     rc = cells.resolve(cfg)
     planned = cells.plan(rc)
     nfes = [(c.model, c.nfe) for c in planned if c.family == "full"]
@@ -67,10 +68,11 @@ def expected_jobs(cfg: dict, digits_reference: bool) -> int:
     for model, nfe in nfes:
         s = rc["models"][model]["nfe"][nfe]
         figures += 2 + bool(s["heuristics"] or s["fewer_lambdas"]) + (s["lambda"] is not None) \
-            + (s["lambda"] is not None and len(set(s["thetas"]) | {s["theta"]}) > 1) + bool(s["trajectory_lambdas"])
+            + (s["lambda"] is not None and len(set(s["thetas"]) | {s["theta"]}) > 1) + bool(s["trajectory_lambdas"]) \
+            + bool(s["methods"])
     pretrain = sum(1 for m in rc["models"].values() if m["pretrain"])
     tables = tables_for([c.to_dict() | {"sampler": rc["models"][c.model]["sampler"]} for c in planned])
-    return (5 * len(planned) + len(cells.routers(rc)) + len(nfes) + pretrain + int(digits_reference) + 1
+    return (5 * len(planned) + len(cells.routers(rc)) + len(cells.calibrations(rc)) + len(nfes) + pretrain + int(digits_reference) + 1
             + len(tables) + figures + 1)
 
 
@@ -78,22 +80,23 @@ def expected_jobs(cfg: dict, digits_reference: bool) -> int:
 
 def test_default_dry_run_plans_every_job(tmp_path):
     jobs, _ = dry_run(tmp_path, config=NO_EMBEDDED)
-    assert n_cells(CONFIG) == 45
+    assert n_cells(CONFIG) == 58  # 45 + 13 caching-method cells
     assert sum(jobs.values()) == expected_jobs(yaml.safe_load(CONFIG.read_text()), digits_reference=True)
-    assert jobs["train_router"] == 12 and jobs["sample"] == 45
+    assert jobs["train_router"] == 12 and jobs["sample"] == 58 and jobs["calibrate"] == 4 and jobs["fig9_methods"] == 3
 
 
 def test_paper_dry_run_plans_the_full_grid(tmp_path):
     jobs, outputs = dry_run(tmp_path, configfiles=(PAPER,), config=["check_files=false"])
-    assert n_cells(PAPER) == 81
-    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(PAPER.read_text()), digits_reference=False) == 477
-    assert jobs["train_router"] == 18 and jobs["table"] == 10  # Tables 1-6, 8, 9, the Fig. 4 data, beyond
+    assert n_cells(PAPER) == 95  # 81 + 14 caching-method cells (DiT-XL/2 256, NFE 50 and 20)
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(PAPER.read_text()), digits_reference=False) == 554
+    assert jobs["train_router"] == 18 and jobs["table"] == 11  # Tables 1-6, 8, 9, the Fig. 4 data, beyond, methods
+    assert jobs["calibrate"] == 4 and "results/paper/tables/methods.csv" in outputs
     assert "results/paper/tables/table2.csv" in outputs and "results/paper/tables/table3.csv" in outputs
 
 
 def test_smoke_dry_run(tmp_path):
     jobs, _ = dry_run(tmp_path, configfiles=(SMOKE,))
-    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(SMOKE.read_text()), digits_reference=True) == 91
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(SMOKE.read_text()), digits_reference=True) == 98
     assert jobs["pretrain"] == 1
 
 
@@ -124,7 +127,7 @@ def test_paper_dry_run_with_dummy_files(tmp_path):
                 Path(s["official_router"]).touch()
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(cfg))
     jobs, _ = dry_run(tmp_path, configfiles=(tmp_path / "paper.yaml",))
-    assert sum(jobs.values()) == 477
+    assert sum(jobs.values()) == 554
 
 
 def test_overlay_adds_a_model_row(tmp_path):
@@ -144,7 +147,7 @@ def test_overlay_adds_a_model_row(tmp_path):
 
 def test_sample_jobs_fan_out(tmp_path):
     jobs, _ = dry_run(tmp_path, config=NO_EMBEDDED + ["sample_jobs=3"])
-    assert jobs["sample_part"] == 3 * 45 and jobs["merge_samples"] == 45 and "sample" not in jobs
+    assert jobs["sample_part"] == 3 * 58 and jobs["merge_samples"] == 58 and "sample" not in jobs
 
 
 @pytest.mark.parametrize("overlay, named", [
@@ -175,6 +178,78 @@ def test_cross_reference_errors_name_the_key(tmp_path):
     assert "models.dit-digits.nfe.20: lambda 0.5 (in lambda) is not among lambdas" in r.stdout + r.stderr
 
 
+# -- the caching methods as cells (l2c.caching registry) -------------------------------------------------
+
+def test_method_cells_are_planned_from_the_registry(monkeypatch):
+    """A family registered in l2c.caching shows up as cells (named by its tags) without touching
+    l2c/cells.py; calibration passes are planned for the families that need one."""
+    from l2c.caching import registry
+    fake = registry.Family(name="fakecache", summary="test", defaults={"every": 2, "depth": 1}, build=lambda ctx, p: None,
+                           calibration="fakecache", tags={"every": "e"})
+    monkeypatch.setitem(registry.FAMILIES, "fakecache", fake)
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["models"]["smoke"]["nfe"][4]["methods"] = {"fakecache": [{}, {"every": 3}, {"every": 3, "depth": 2}]}
+    cells.check_schema(cfg)
+    rc = cells.resolve(cfg)
+    got = [(c.method, c.family, c.caching, c.params) for c in cells.plan(rc) if c.family == "method"]
+    assert got == [("fakecache", "method", "fakecache", {}), ("fakecache-e3", "method", "fakecache", {"every": 3}),
+                   ("fakecache-e3depth2", "method", "fakecache", {"every": 3, "depth": 2})]
+    assert cells.calibrations(rc) == [("smoke", 4, "fakecache")]
+    tables = tables_for([c.to_dict() | {"sampler": "ddim"} for c in cells.plan(rc)])
+    assert tables[-1] == "methods"
+
+
+def test_planning_imports_no_torch():
+    """The workflow plans (registry included) at parse time without importing torch."""
+    code = ("import sys, yaml; from l2c import cells; "
+            f"cells.plan(cells.resolve(yaml.safe_load(open({str(CONFIG)!r})))); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run(["python", "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("methods, message", [
+    ({"taylorsear": [{}]}, "models.dit-digits.nfe.20.methods.taylorsear: unknown caching method; known: dbcache"),
+    ({"taylorseer": [{"intervl": 3}]}, "models.dit-digits.nfe.20.methods.taylorseer.0.intervl: not a parameter of taylorseer"),
+    ({"taylorseer": {"interval": 3}}, "models.dit-digits.nfe.20.methods.taylorseer: {'interval': 3} is not of type"),
+    ({"teacache": [0.4]}, "models.dit-digits.nfe.20.methods.teacache.0: 0.4 is not of type 'object'"),
+    ({"teacache": []}, "models.dit-digits.nfe.20.methods.teacache: expected a list of parameter rows"),
+])
+def test_method_config_errors_name_the_key(methods, message):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["models"]["dit-digits"]["nfe"][20]["methods"] = methods
+    with pytest.raises(cells.ConfigError) as e:
+        cells.check_schema(cfg)
+        cells.resolve(cfg)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_methods_table_puts_published_numbers_beside_paper_cells():
+    """Synthetic rows for config/paper.yaml: the methods table lists the caching-method cells with
+    L2C and the others, and TaylorSeer N3O3 / N5O3 and SmoothCache carry their published DDIM-50 numbers."""
+    from analysis import tables as T
+    cfg = cells.resolve(yaml.safe_load(PAPER.read_text()))
+    rows = []
+    for c in cells.plan(cfg):
+        m = cfg["models"][c.model]
+        rows.append(c.to_dict() | dict(
+            model_label=m["label"], paper_model=m["paper"], sampler=m["sampler"], nfe_sampled=c.nfe, cache_sublayers=None,
+            num_reused=None, remove_ratio=0.4, remove_ratio_attn=None, remove_ratio_mlp=None, macs_total=1e12, speedup_macs=2.0,
+            latency_s=1.0, speedup=1.5, backend="inception-adm", feature_extractor="x", fid=3.0, sfid=4.0, precision=0.8,
+            recall=0.5, psnr_db=None if c.family == "full" else 30.0, mse=1e-3, router_steps=1, router_train_s=1.0,
+            params=None, **{"is": 200.0}))
+    df = pd.DataFrame(rows)
+    t = T.methods(df, T.read_paper())
+    assert list(t.columns) == TABLE_COLUMNS["methods"]
+    ours = t[t["family"] == "method"]
+    assert len(ours) == 14 and set(ours["NFE"]) == {50, 20}
+    assert {"TaylorSeer", "TeaCache", "First-block cache", "ToCa", "SmoothCache", "Δ-DiT-style"} == set(ours["method"])
+    at50 = ours[ours["NFE"] == 50]
+    assert sorted(at50["paper FID"].dropna()) == [2.34, 2.65, 2.65, 3.04]
+    assert ours.loc[ours["NFE"] == 20, "paper FID"].isna().all()  # nothing published at DDIM-20
+    assert {"L2C", "DDIM"} <= set(t["method"])
+
+
 def test_schema_knows_every_registered_model():
     from l2c.models import model_names
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
@@ -197,7 +272,7 @@ def test_smoke_end_to_end(tmp_path):
     res = tmp_path / "results"
     planned = cells.plan(cells.resolve(yaml.safe_load(SMOKE.read_text())))
     df = pd.read_csv(res / "cells.csv")
-    assert len(df) == len(planned) == 14
+    assert len(df) == len(planned) == 15
     for col in ("fid", "is", "sfid", "precision", "recall", "latency_s", "speedup", "macs_total", "remove_ratio"):
         assert df[col].notna().all(), col
     assert (df.loc[df["family"] != "full", "paired_with"].notna()).all()
@@ -207,7 +282,7 @@ def test_smoke_end_to_end(tmp_path):
     assert fewer["nfe_sampled"] <= fewer["nfe"]
 
     expected = tables_for([c.to_dict() | {"sampler": "ddim"} for c in planned])
-    assert expected == ["table1", "table4", "table5", "table6", "table8", "fig4", "beyond"]
+    assert expected == ["table1", "table4", "table5", "table6", "table8", "fig4", "beyond", "methods"]
     for name in expected:
         t = pd.read_csv(res / "tables" / f"{name}.csv")
         assert list(t.columns) == TABLE_COLUMNS[name], name
@@ -218,7 +293,16 @@ def test_smoke_end_to_end(tmp_path):
 
     from PIL import Image
     figs = sorted((res / "figures").glob("*.png"))
-    assert [f.name.split("-")[0] for f in figs] == ["fig3", "fig4", "fig5", "fig6", "fig7", "fig8"]
+    assert [f.name.split("-")[0] for f in figs] == ["fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9"]
+    # the caching-method cell: MACs of the decisions its sampling took, a methods-table row with finite numbers
+    ts = df[df["family"] == "method"].iloc[0]
+    assert ts["method"] == "taylorseer-n3o1f1" and ts["macs_source"] == "sampling (decisions taken)"
+    assert 1.5 < ts["speedup_macs"] < 2.5  # 2 of 4 steps computed (the adaLN still runs on forecast steps)
+    mt = pd.read_csv(res / "tables" / "methods.csv")
+    row = mt[mt["family"] == "method"].iloc[0]
+    assert row["method"] == "TaylorSeer" and row["params"] == "interval=3, order=1, first_enhance=1"
+    for col in ("speedup (MACs)", "speedup", "FID", "sFID", "PSNR (dB)"):
+        assert pd.notna(row[col]) and abs(float(row[col])) < float("inf"), col
     for png in figs:
         meta = json.loads(png.with_suffix(".json").read_text())
         assert {"versions", "analysis_git_revision", "seeds", "environment"} <= set(meta)
@@ -236,7 +320,7 @@ def test_smoke_end_to_end(tmp_path):
     (res / "smoke" / "nfe4" / "cells" / "bottom-lam0.01.json").unlink()
     jobs, outputs = dry_run(tmp_path, configfiles=(SMOKE,))
     assert jobs["cell"] == 1 and jobs["collect"] == 1
-    assert set(jobs) == {"cell", "collect", "table", "fig4_matched", "fig6_theta", "fig8_speedup", "all"}
+    assert set(jobs) == {"cell", "collect", "table", "fig4_matched", "fig6_theta", "fig8_speedup", "fig9_methods", "all"}
 
     # sampling fanned out over shard-range jobs + a merge gives the same bytes as one job
     npz = tmp_path / "work" / "smoke" / "nfe4" / "samples" / "full.npz"

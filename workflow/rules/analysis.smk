@@ -18,6 +18,7 @@ rule table:
     input:
         cells=f"{R}/cells.csv",
         paper=PAPER_RESULTS,
+        peer=atables.PEER_RESULTS,
     output:
         csv=report(f"{R}/tables/{{table}}.csv", caption="../report/table.rst", category="Tables",
                    labels={"table": "{table}"}),
@@ -142,6 +143,24 @@ rule fig8_speedup:
         label=model_label,
     log:
         f"{W}/logs/analysis/fig8-{{model}}-nfe{{nfe}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/figure.py"
+
+
+rule fig9_methods:
+    input:
+        cells=f"{R}/cells.csv",
+    output:
+        png=report(f"{R}/figures/fig9-methods-{{model}}-nfe{{nfe}}.png", caption="../report/fig9.rst",
+                   category="Caching methods", labels={"model": "{model}", "NFE": "{nfe}"}),
+        pdf=f"{R}/figures/fig9-methods-{{model}}-nfe{{nfe}}.pdf",
+        meta=f"{R}/figures/fig9-methods-{{model}}-nfe{{nfe}}.json",
+    params:
+        label=model_label,
+    log:
+        f"{W}/logs/analysis/fig9-{{model}}-nfe{{nfe}}.log",
     conda:
         ENV
     script:

@@ -1,5 +1,28 @@
 # Per cell (model, NFE, method): schedule -> sample (sharded, resumable) -> evaluate (paired with
 # the uncached cell of the same NFE) -> latency (in-process harness) -> one JSON row.
+# A caching-method cell (family "method", l2c.caching) has a method spec where the schedule would be,
+# made after its calibration pass when the method needs one (rule calibrate).
+
+
+rule calibrate:
+    input:
+        ckpt=checkpoint_of,
+    output:
+        f"{W}/{{model}}/nfe{{nfe}}/calibration/{{calib}}.json",
+    params:
+        model=model_spec,
+        device=DEVICE,
+    log:
+        f"{W}/logs/calibrate/{{model}}-nfe{{nfe}}-{{calib}}.log",
+    benchmark:
+        f"{W}/benchmarks/calibrate/{{model}}-nfe{{nfe}}-{{calib}}.tsv"
+    threads: THREADS
+    resources:
+        gpu=GPU,
+    conda:
+        ENV
+    script:
+        "../scripts/calibrate.py"
 
 
 rule schedule:

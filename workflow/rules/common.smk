@@ -69,6 +69,7 @@ wildcard_constraints:
     nfe=r"[0-9]+",
     method=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
     rid=r"(cache|drop|trajectory)-lam[0-9.eE+-]+",
+    calib=r"[a-z0-9-]+",
     part=r"[0-9]+",
     table=r"[a-z0-9-]+",
 
@@ -161,6 +162,8 @@ def schedule_inputs(wildcards):
         inputs["match"] = f"{R}/{cell_dir(c)}/schedules/{c.match}.json"
     if c.family == "metrics":
         inputs["profile"] = f"{R}/{cell_dir(c)}/profile.csv"
+    if c.calibration:  # a caching method that needs its calibration pass (l2c calibrate)
+        inputs["calibration"] = f"{W}/{cell_dir(c)}/calibration/{c.calibration}.json"
     return inputs
 
 
@@ -208,6 +211,8 @@ def cell_inputs(wildcards):
               "latency": f"{d}/latency/{c.method}.json"}
     if c.router and c.router != "official":
         inputs["router"] = f"{d}/routers/{c.router}.json"
+    if c.family == "method":  # MACs of the decisions its sampling runs took
+        inputs["samples"] = f"{W}/{cell_dir(c)}/samples/{c.method}.json"
     return inputs
 
 
@@ -282,6 +287,8 @@ def figure_targets():
             figs.append(f"fig6-theta-{stem}")
         if s["trajectory_lambdas"]:
             figs.append(f"fig8-speedup-{stem}")
+        if s["methods"]:
+            figs.append(f"fig9-methods-{stem}")
     return [f"{R}/figures/{f}.{ext}" for f in figs for ext in ("png", "pdf", "json")]
 
 

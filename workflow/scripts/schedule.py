@@ -1,4 +1,4 @@
-"""Rule schedule: the cache schedule of one cell (router at theta, or a baseline at the matched budget)."""
+"""Rule schedule: the cache schedule of one cell (router at theta, or a baseline at the matched budget), or the\nmethod spec of a caching-method cell (family, parameters, calibration file)."""
 from _log import to_log
 
 to_log(snakemake)  # noqa: F821
@@ -13,4 +13,5 @@ def one(key: str) -> str | None:
     return v if isinstance(v, str) or v is None else (v[0] if len(v) else None)
 
 
-make_schedule(sm.params.cell, sm.params.model, sm.output[0], router=one("router"), match=one("match"), profile=one("profile"))
+make_schedule(sm.params.cell, sm.params.model, sm.output[0], router=one("router"), match=one("match"), profile=one("profile"),
+              calibration=one("calibration"))

@@ -46,7 +46,7 @@ register(Family(
     summary="forecast every branch from the last full steps (Taylor series), full every N steps",
     defaults={"interval": 4, "order": 4, "first_enhance": 2, "variable": None, "form": "taylor"},
     build=build,
-    tags={"interval": "n", "order": "o"},
+    tags={"interval": "n", "order": "o", "first_enhance": "f"},
     doc={"interval": "N: one full step every N steps after the first ones (authors' DiT default 4)",
          "order": "Taylor order (authors' DiT default 4; 0 = plain reuse)",
          "first_enhance": "leading steps always computed (authors: 2)",
