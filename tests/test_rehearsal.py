@@ -150,7 +150,7 @@ def test_slurm_profile_puts_gpu_rules_on_the_gpu_partition(tmp_path):
     r = smk(tmp_path, "--profile", str(REPO / "profiles" / "slurm"), "-n")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     jobs = planned_jobs(r.stdout + r.stderr)
-    assert len(jobs) == 652
+    assert len(jobs) == 757  # 652 + 14 caching-method cells x 7 jobs (2-job fan-out), 4 calibrations, 2 figures, 1 table
     seen = set()
     for rule, res in jobs:
         seen.add(rule)

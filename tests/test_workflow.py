@@ -224,6 +224,37 @@ def test_method_config_errors_name_the_key(methods, message):
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
 
 
+@pytest.mark.skipif(not EMBEDDED.exists(), reason="needs the embedded checkpoint")
+def test_method_stages_calibrate_spec_sample_latency_record(tmp_path):
+    """The stages of a calibrated method cell (TeaCache) on the embedded DiT at NFE 8: the calibration
+    pass into the given file, the method spec, sampling with its MACs, latency and the cell's row."""
+    from l2c.generate import generate
+    from l2c.io import read_json
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["models"] = {"dit-digits": cfg["models"]["dit-digits"]}
+    cfg["models"]["dit-digits"]["nfe"] = {8: {"methods": {"teacache": [{"threshold": 0.4}]}}}
+    rc = cells.resolve(cfg)
+    m = rc["models"]["dit-digits"]
+    m["sampling"].update(num_samples=4, shard_size=4, batch_size=4)
+    cell = next(c for c in cells.plan(rc) if c.family == "method").to_dict()
+    assert (cell["method"], cell["calibration"]) == ("teacache-th0.4", "teacache")
+    cal = tmp_path / "calibration" / "teacache.json"
+    cells.calibrate_cell(m, 8, "teacache", cal, threads=1)
+    assert len(read_json(cal)["coefficients"]) == 5 and not Path(m["checkpoint"]).with_suffix(".teacache.json").exists()
+    spec = tmp_path / "spec.json"
+    cells.make_schedule(cell, m, spec, calibration=str(cal))
+    sc = read_json(spec)
+    assert sc["kind"] == "method" and sc["method"] == "teacache" and sc["params"] == {"threshold": 0.4}
+    generate(cells.sample_config(m, spec, "cpu", "fp32"), tmp_path / "s.npz", progress=False)
+    samples = read_json(tmp_path / "s.json")
+    lat = cells.measure_latency(m, spec, 8, device="cpu", dtype="fp32", batch=2, repeats=1, warmup=0, seed=0, threads=1)
+    assert lat["macs_full"] == 8 * lat["macs_per_eval"] and lat["latency_s"] > 0
+    ev = {"backend": "digits", "n_samples": 4, "n_ref": 500, "fid": 1.0, "paired": {"psnr_db": 30.0}}
+    rec = cells.cell_record(cell, m, sc, ev, lat, samples=samples)
+    assert rec["macs_total"] == samples["method_macs_per_image"] and rec["speedup_macs"] >= 1
+    assert rec["caching"] == "teacache" and rec["params"] == "threshold=0.4"
+
+
 def test_methods_table_puts_published_numbers_beside_paper_cells():
     """Synthetic rows for config/paper.yaml: the methods table lists the caching-method cells with
     L2C and the others, and TaylorSeer N3O3 / N5O3 and SmoothCache carry their published DDIM-50 numbers."""
