@@ -381,7 +381,7 @@ def test_tables_put_paper_values_beside_paper_cells():
     df = pd.DataFrame(rows)
     paper = T.read_paper()
     got = {n: T.TABLES[n](df, paper) for n in T.tables_for([c | {"sampler": c["sampler"]} for c in rows])}
-    assert list(got) == ["table1", "table2", "table3", "table4", "table5", "table6", "table8", "table9", "fig4", "beyond"]
+    assert list(got) == ["table1", "table2", "table3", "table4", "table5", "table6", "table8", "table9", "fig4", "beyond", "methods"]
     for name, t in got.items():
         assert list(t.columns) == TABLE_COLUMNS[name] and len(t), name
     t1 = got["table1"].set_index(["model", "method", "NFE", "lambda"], drop=False)
