@@ -272,6 +272,23 @@ def fig7_samples(npz_paths: list[str], methods: list[str], families: list[str], 
 
 # -- Fig. 8 (beyond the paper) ----------------------------------------------------------------------------
 
+# quality against speed, in MACs and measured (Figs. 8 and 9): (x, y, x label, y label)
+SPEED_PANELS = [("speedup_macs", "fid", "speedup in MACs (x)", "FID"), ("speedup", "fid", "measured speedup (x)", "FID"),
+                ("speedup_macs", "psnr", "speedup in MACs (x)", "PSNR to uncached (dB)"),
+                ("speedup", "psnr", "measured speedup (x)", "PSNR to uncached (dB)")]
+
+
+def _plot_reference_families(ax, d: pd.DataFrame, x: str, y: str, alpha: float = 1.0) -> None:
+    """Fewer steps, the best heuristic, L2C, the trajectory router and the uncached point of ``d``."""
+    for fam in ("fewer", "best", "l2c", "trajectory", "full"):
+        f = d[d["family"] == fam].dropna(subset=[x, y]).sort_values(x)
+        if f.empty:
+            continue
+        name, color, marker = STYLE[fam]
+        ax.plot(f[x], f[y], color=color, marker=marker, ms=9 if fam == "full" else 6, ls="none" if fam == "full" else "-",
+                lw=2.2 if fam in ("l2c", "trajectory") else 1.2, label=name, alpha=alpha)
+
+
 def fig8_speedup(cells_csv: str, model: str, nfe: int, label: str):
     """Quality vs speedup past L2C's 2x cap: L2C routers, trajectory routers, fewer steps (twins of
     both) and the best heuristic at each L2C budget; FID and paired PSNR vs MACs and measured speedup."""
@@ -284,17 +301,8 @@ def fig8_speedup(cells_csv: str, model: str, nfe: int, label: str):
          "family": "first", "method": "first"})])
     d["psnr"] = psnr_for_plot(d)
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    panels = [("speedup_macs", "fid", "speedup in MACs (x)", "FID"), ("speedup", "fid", "measured speedup (x)", "FID"),
-              ("speedup_macs", "psnr", "speedup in MACs (x)", "PSNR to uncached (dB)"),
-              ("speedup", "psnr", "measured speedup (x)", "PSNR to uncached (dB)")]
-    for ax, (x, y, xl, yl) in zip(axes.flat, panels):
-        for fam in ("fewer", "best", "l2c", "trajectory", "full"):
-            f = d[d["family"] == fam].dropna(subset=[x, y]).sort_values(x)
-            if f.empty:
-                continue
-            name, color, marker = STYLE[fam]
-            ax.plot(f[x], f[y], color=color, marker=marker, ms=9 if fam == "full" else 6, ls="none" if fam == "full" else "-",
-                    lw=2.2 if fam in ("l2c", "trajectory") else 1.2, label=name)
+    for ax, (x, y, xl, yl) in zip(axes.flat, SPEED_PANELS):
+        _plot_reference_families(ax, d, x, y)
         ax.axvline(2.0, color="grey", ls="--", lw=1)
         ax.text(2.0, ax.get_ylim()[1], " L2C cap (2x)", va="top", fontsize=8, color="grey")
         ax.set(xlabel=xl, ylabel=yl)
@@ -322,18 +330,9 @@ def fig9_methods(cells_csv: str, model: str, nfe: int, label: str):
     best = d[d["family"].isin(HEURISTIC_FAMILIES)]
     d = pd.concat([d[~d["family"].isin(HEURISTIC_FAMILIES)], best.assign(family="best")])
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    panels = [("speedup_macs", "fid", "speedup in MACs (x)", "FID"), ("speedup", "fid", "measured speedup (x)", "FID"),
-              ("speedup_macs", "psnr", "speedup in MACs (x)", "PSNR to uncached (dB)"),
-              ("speedup", "psnr", "measured speedup (x)", "PSNR to uncached (dB)")]
     palette = sns.color_palette("tab10", 10)
-    for ax, (x, y, xl, yl) in zip(axes.flat, panels):
-        for fam in ("fewer", "best", "l2c", "trajectory", "full"):
-            f = d[d["family"] == fam].dropna(subset=[x, y]).sort_values(x)
-            if f.empty:
-                continue
-            name, color, marker = STYLE[fam]
-            ax.plot(f[x], f[y], color=color, marker=marker, ms=9 if fam == "full" else 6, ls="none" if fam == "full" else "-",
-                    lw=2.2 if fam in ("l2c", "trajectory") else 1.2, label=name, alpha=0.8)
+    for ax, (x, y, xl, yl) in zip(axes.flat, SPEED_PANELS):
+        _plot_reference_families(ax, d, x, y, alpha=0.8)
         meth = d[d["family"] == "method"]
         for i, (cach, f) in enumerate(meth.groupby("caching", sort=True)):
             f = f.dropna(subset=[x, y]).sort_values(x)
