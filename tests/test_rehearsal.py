@@ -132,6 +132,12 @@ def test_rehearsal_dry_run_plans_the_paper_dag_and_its_standins(tmp_path):
         counts[rule.removeprefix("local:")] = counts.get(rule.removeprefix("local:"), 0) + 1
     assert counts["sample_part"] == 2 * 95 and counts["merge_samples"] == counts["evaluate"] == counts["latency"] == 95
     assert "sample" not in counts  # fanned out: the per-cell job only merges
+    # every shard job reads its row's autoencoder (all rehearsal rows are latent), so none can start before
+    # the stand-in autoencoder exists
+    shard_blocks = [b for b in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule )", out) if re.search(r"^rule sample_part:", b, re.M)]
+    assert len(shard_blocks) == 2 * 95
+    for b in shard_blocks:
+        assert re.search(r"^\s+input: .*(sd-vae-ft-ema|autoencoder_kl_ema\.pth)", b, re.M), b[:400]
     assert counts["train_router"] == 18 and counts["profile"] == 8 and counts["table"] == 11 and counts["calibrate"] == 4
     assert counts["rehearsal_checkpoint"] == 4 and counts["encode_latents"] == 3 and counts["rehearsal_reference"] == 2
     for rule in ("rehearsal_vae_folder", "rehearsal_vae_file", "rehearsal_images", "rehearsal_inception"):

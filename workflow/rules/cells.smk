@@ -44,8 +44,7 @@ rule schedule:
 
 rule sample_part:
     input:
-        ckpt=checkpoint_of,
-        schedule=f"{R}/{{model}}/nfe{{nfe}}/schedules/{{method}}.json",
+        unpack(shard_inputs),
     output:
         temp(f"{W}/{{model}}/nfe{{nfe}}/samples/{{method}}.part{{part}}.done"),
     params:

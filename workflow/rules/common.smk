@@ -167,11 +167,17 @@ def schedule_inputs(wildcards):
     return inputs
 
 
-def sample_inputs(wildcards):
+def shard_inputs(wildcards):
+    """What computing samples reads: checkpoint, schedule (or method spec) and the row's autoencoder."""
     inputs = {"ckpt": checkpoint_of(wildcards), "schedule": f"{R}/{wildcards.model}/nfe{wildcards.nfe}/schedules/{wildcards.method}.json"}
     vae = row(wildcards)["vae"]
     if vae:
         inputs["vae"] = external(vae)
+    return inputs
+
+
+def sample_inputs(wildcards):
+    inputs = shard_inputs(wildcards)
     if SAMPLE_JOBS > 1:
         inputs["parts"] = [f"{W}/{wildcards.model}/nfe{wildcards.nfe}/samples/{wildcards.method}.part{p}.done" for p in range(SAMPLE_JOBS)]
     return inputs
