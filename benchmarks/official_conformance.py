@@ -55,7 +55,7 @@ The default ``--checks`` are forward,ddim,l2c; taylorseer runs when named. The r
 ``shared/reference/official-routers/DDIM20_router.pt``); ``--router`` overrides it.
 
 Adaptations of the official code (no file of theirs is modified):
-  * their ``load_ranking`` calls ``torch.load(path)`` without ``weights_only``; on PyTorch >= 2.6 that refuses
+  * their ``load_ranking`` reads the router file with PyTorch's default loader; on PyTorch >= 2.6 that refuses
     the router file (it pickles an ``argparse.Namespace``), so the call is wrapped in
     ``torch.serialization.safe_globals([argparse.Namespace])``;
   * their dynamic model counts steps itself (``reset(start_timestep=20)`` in ``__init__``); we call

@@ -180,14 +180,7 @@ def _choice(a: argparse.Namespace, key: str, value: Any, choices: tuple[str, ...
 
 
 def _json_arg(a: argparse.Namespace, key: str) -> dict:
-    text = getattr(a, key)
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise L2CError(f"{a.flags[key]} {text!r}: not valid JSON ({e}); e.g. '{{\"input_size\": 32}}'") from None
-    if not isinstance(d, dict):
-        raise L2CError(f"{a.flags[key]} {text!r}: expected a JSON object of option names to values")
-    return d
+    return V.json_object(a.flags[key], getattr(a, key))
 
 
 def _outline(a: argparse.Namespace, checkpoint: str, name: str | None, kwargs: dict, key: str = "checkpoint"):

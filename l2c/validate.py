@@ -21,6 +21,20 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .io import L2CError
 
+
+def json_object(flag: str, text: str | None) -> dict:
+    """A flag's JSON object of names to values (``--model-kwargs``, ``--method-params``); empty for none."""
+    import json
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise L2CError(f"{flag} {text!r}: not valid JSON ({e}); e.g. '{{\"interval\": 3}}'") from None
+    if not isinstance(d, dict):
+        raise L2CError(f"{flag} {text!r}: expected a JSON object of names to values")
+    return d
+
 # -- value ranges ----------------------------------------------------------------------------------
 
 

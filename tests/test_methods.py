@@ -372,6 +372,9 @@ def test_cli_macs_method_matches_published_taylorseer_speedups(capsys):
     assert "decides at run time" in capsys.readouterr().err
     assert main(["macs", "--model", "DiT-XL/2", "--nfe", "50", "--method", "toca", "--method-params", "{bad"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+    # each JSON flag is named in its own error (one parser for --method-params and --model-kwargs)
+    assert main(["calibrate", "--method", "teacache", "--nfe", "4", "--model-kwargs", "[1]"]) == 2
+    assert "--model-kwargs '[1]': expected a JSON object" in capsys.readouterr().err
 
 
 def test_cli_calibrate_then_bench_reads_it_beside_the_checkpoint(tmp_path, capsys):

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..io import L2CError, environment_record, write_json
+from ..validate import json_object
 from . import FAMILIES, build_engine, get_family, plan_macs
 from .calibrate import CALIBRATIONS, calibrate, calibration_path
 
@@ -28,15 +29,7 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
 
 def parse_params(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise L2CError(f"--method-params {text!r}: not valid JSON ({e}); e.g. '{{\"interval\": 3}}'") from e
-    if not isinstance(d, dict):
-        raise L2CError(f"--method-params {text!r}: expected a JSON object of parameter names to values")
-    return d
+    return json_object("--method-params", text)
 
 
 def resolve_calibration(method: str, calibration: str | None, checkpoint: str | None, sampler: str, nfe: int) -> str | None:
@@ -72,7 +65,7 @@ def run_calibrate(a: argparse.Namespace) -> Path:
     from ..generate import EMBEDDED_MODEL  # noqa: PLC0415
     from ..models import load_model  # noqa: PLC0415
     ckpt = a.checkpoint or str(EMBEDDED_MODEL)
-    kwargs = parse_params(a.model_kwargs) if a.model_kwargs else {}
+    kwargs = json_object("--model-kwargs", a.model_kwargs)
     model = load_model(ckpt, a.model, **kwargs).to(a.device)
     out = Path(a.out) if a.out else calibration_path(ckpt, a.method, a.sampler, a.nfe)
     if out.resolve() == Path(ckpt).resolve():

@@ -18,7 +18,7 @@ statistics caches never mix weights (:func:`register_digits_extractor`).
 of ``Mixed_6d.branch1x1`` (TF ``mixed_6/conv``), channels [:7], NHWC-flattened (17x17x7 = 2023-d).
 Its weights file (``pt_inception-2015-12-05``, a plain state dict) is read here with
 ``weights_only=True`` (:func:`l2c.io.load_torch`) and loaded strictly into the module;
-torch-fidelity's own loader (``torch.load(..., weights_only=False)``) only ever sees an in-memory
+torch-fidelity's own loader, which unpickles whatever it is given, only ever sees an in-memory
 empty dict, so no weights file, given or found under ``$TORCH_HOME``, can run code.
 
 Run ``python -m l2c.metrics.features --out PATH`` to (re)train the digits network."""
@@ -332,7 +332,7 @@ class AdmInceptionExtractor(FeatureExtractorInceptionV3):
 
     The weights are read by :func:`load_inception_state_dict` (``weights_only=True``) and loaded
     strictly after torch-fidelity's constructor, which is handed an in-memory empty dict in place of
-    a path (it would ``torch.load`` a path with ``weights_only=False``, or download)."""
+    a path (it would unpickle a file at that path without restriction, or download)."""
 
     SPATIAL_CHANNELS = 7
     SPATIAL_DIM = 17 * 17 * 7
