@@ -294,16 +294,12 @@ def model_outline(checkpoint: str | os.PathLike, name: str | None = None, **opti
     import torch
 
     from .io import load_torch
-    from .models import create_model
+    from .models import architecture, create_model
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip checkpoint (legacy format) or unreadable: the plain loader explains
         obj = load_torch(checkpoint, "model checkpoint")
-    if isinstance(obj, dict) and obj.get("format") == "l2c-suite/model":
-        name = name or obj["model"]
-        options = {**obj["model_kwargs"], **options}
-    if name is None:
-        raise L2CError(f"model checkpoint {checkpoint} does not record its architecture: pass the model name (e.g. DiT-XL/2)")
+    name, options = architecture(obj, checkpoint, name, options)
     with torch.device("meta"):
         return create_model(name, **options)

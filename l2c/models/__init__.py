@@ -123,15 +123,22 @@ def load_weights(model: nn.Module, path: str | os.PathLike, obj: Any = None) -> 
     return model
 
 
-def load_model(path: str | os.PathLike, name: str | None = None, **options: Any) -> nn.Module:
-    """Build and load a model in eval mode. Our own checkpoints carry their name and options;
-    official files (plain state dicts) need ``name`` and options such as ``input_size``."""
-    obj = load_torch(path, "model checkpoint")
+def architecture(obj: Any, path: str | os.PathLike, name: str | None, options: dict) -> tuple[str, dict]:
+    """(model name, options) of a loaded checkpoint: ours record them, official plain state dicts
+    need ``name`` (explicit ``name`` / ``options`` win over what the file records)."""
     if isinstance(obj, dict) and obj.get("format") == "l2c-suite/model":
         name = name or obj["model"]
         options = {**obj["model_kwargs"], **options}
     if name is None:
         raise L2CError(f"model checkpoint {path} does not record its architecture: pass the model name (e.g. DiT-XL/2)")
+    return name, options
+
+
+def load_model(path: str | os.PathLike, name: str | None = None, **options: Any) -> nn.Module:
+    """Build and load a model in eval mode. Our own checkpoints carry their name and options;
+    official files (plain state dicts) need ``name`` and options such as ``input_size``."""
+    obj = load_torch(path, "model checkpoint")
+    name, options = architecture(obj, path, name, options)
     model = create_model(name, **options)
     load_weights(model, path, obj)
     return model.eval().requires_grad_(False)
