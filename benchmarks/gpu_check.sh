@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# All GPU measurements of issue 8 in one run (< 8 minutes on one H100): cached-sampling efficiency
+# All GPU measurements in one run (sized to fit a few minutes on one GPU; not yet run): cached-sampling efficiency
 # of DiT-XL/2 with the released NFE-20 router (fp32 and bf16), router-training iterations/s (batch 64,
 # the official recipe) and generation throughput.
 # Usage: [DIT_REPO=... L2C_REPO=...] bash benchmarks/gpu_check.sh [OUT_DIR] [ROUTERS_DIR]   (writes OUT_DIR/*.json and summary.md)
