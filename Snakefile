@@ -28,6 +28,33 @@ include: "workflow/rules/analysis.smk"
 include: "workflow/rules/rehearsal.smk"
 
 
+# Local runs: one job server imports torch and the package once; every job forks from it
+# (l2c/jobserver.py). Off with --config job_server=false; cluster jobs run in their own processes.
+JOB_SERVER = {}
+
+
+onstart:
+    if CFG["job_server"] and workflow.local_exec:
+        from l2c import jobserver
+
+        JOB_SERVER["proc"], JOB_SERVER["path"] = jobserver.start(f"{W}/logs/job-server.log", workflow.basedir)
+        os.environ[jobserver.ENV] = JOB_SERVER["path"]
+
+
+onsuccess:
+    if JOB_SERVER:
+        from l2c import jobserver
+
+        jobserver.stop(JOB_SERVER["proc"], JOB_SERVER["path"])
+
+
+onerror:
+    if JOB_SERVER:
+        from l2c import jobserver
+
+        jobserver.stop(JOB_SERVER["proc"], JOB_SERVER["path"])
+
+
 localrules:
     all,
     reference_digits,

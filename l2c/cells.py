@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",  # device of sampling, evaluation and latency jobs (cuda: jobs request resources gpu=1)
     "dtype": "fp32",  # fp32 | bf16 | tf32 (sampling); latency uses fp32 | bf16
     "threads": 1,  # torch threads per job
+    "job_server": True,  # local runs: jobs fork from one server that imported torch once (l2c.jobserver)
     "sample_jobs": 1,  # >1: each cell's sampling fans out over this many shard-range jobs + one merge
     "random_seeds": [0, 1, 2],  # seeds of the random heuristics (Fig. 4 "Manual: Random", random drop)
     "sampling": {"num_samples": 1000, "seed": 0, "labels": "uniform", "shard_size": 250, "batch_size": 250},

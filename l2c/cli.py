@@ -732,7 +732,13 @@ def _subparser(ap: argparse.ArgumentParser, name: str) -> argparse.ArgumentParse
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 on success; 2 with one line ``l2c CMD: error: ...`` for refused input (flags, files,
     config values, outputs that would replace inputs) or a file-system error; 1 with one line for
-    anything unexpected (a possible bug: ``--verbose`` re-raises it with its traceback)."""
+    anything unexpected (a possible bug: ``--verbose`` re-raises it with its traceback). Run as a
+    program inside a workflow run, the command runs in the run's job server (``l2c.jobserver``)."""
+    if argv is None:
+        from .jobserver import forward
+        code = forward("call", "l2c.cli:main")
+        if code is not None:
+            return code
     ap = build_parser()
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")

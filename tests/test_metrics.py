@@ -85,6 +85,26 @@ def test_feature_statistics_matches_definition():
     np.testing.assert_allclose(sigma, c.T @ c / (len(x) - 1), rtol=REL, atol=1e-12)
 
 
+def test_low_rank_frechet_distance_is_the_same_distance():
+    """N <= D: the N x N eigenvalue form equals ADM's sqrtm of the D x D product (to its round-off on
+    a singular product), and the joint-support restriction plus residual trace equals both; a wrong
+    second covariance changes it."""
+    rng = np.random.default_rng(3)
+    d = 96
+    y = rng.normal(size=(200, d)) @ rng.normal(size=(d, d)) * 0.2 + 0.5
+    mu2, s2 = adm.feature_statistics(y)
+    for n in (2, 9, 40):
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        ours = adm.frechet_distance_low_rank(x, mu2, s2)
+        assert rel_close(ours, adm.frechet_distance(*adm.feature_statistics(x), mu2, s2), 1e-6)
+        (m1, c1), (m2, c2), residual = adm.joint_support(x, mu2, s2)
+        assert c1.shape[0] <= n and residual >= 0
+        assert rel_close(adm.frechet_distance(m1, c1, m2, c2) + residual, ours, 1e-9)
+        assert not rel_close(adm.frechet_distance_low_rank(x, mu2, 2 * s2), ours, 1e-3)
+    with pytest.raises(ValueError, match="96 dimensions"):
+        adm.frechet_distance_low_rank(x, mu2[:5], s2)
+
+
 def test_frechet_distance_against_eigen_reference():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((200, 5)), rng.standard_normal((150, 5)) @ rng.standard_normal((5, 5)) + 0.3

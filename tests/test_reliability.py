@@ -561,11 +561,11 @@ def test_cleanfid_disagreement_is_an_error_naming_both_numbers(tmp_path, monkeyp
                                        r"[0-9.e+-]+ \(relative difference"):
         _evaluate(tmp_path, backend="digits", kid=False)
     from l2c.metrics.crosscheck import check_agreement
-    sig = np.eye(3)
-    assert check_agreement(10.0, {"fid_frechet": 10.005}, sig, sig) == pytest.approx(0.005 / 10.005, rel=1e-9)
+    traces = 6.0  # tr S1 + tr S2
+    assert check_agreement(10.0, {"fid_frechet": 10.005}, traces) == pytest.approx(0.005 / 10.005, rel=1e-9)
     with pytest.raises(L2CError, match="our FID 10 but clean-fid .* gives 10.02"):
-        check_agreement(10.0, {"fid_frechet": 10.02}, sig, sig)
-    check_agreement(1e-9, {"fid_frechet": -1e-9}, sig, sig)  # a set against itself: round-off, not a disagreement
+        check_agreement(10.0, {"fid_frechet": 10.02}, traces)
+    check_agreement(1e-9, {"fid_frechet": -1e-9}, traces)  # a set against itself: round-off, not a disagreement
 
 
 def test_missing_cleanfid_is_a_one_line_error(monkeypatch):
@@ -578,25 +578,28 @@ def test_missing_cleanfid_is_a_one_line_error(monkeypatch):
 def test_cleanfid_cross_check_with_inception_weights_file(tmp_path):
     """The inception-adm network (a weights file in torch-fidelity's layout, random values) as
     clean-fid's custom feature extractor: clean-fid's loop and Fréchet distance give our FID against
-    reference statistics. The 64-d tap keeps the matrix square roots cheap; the loop, the uint8 NCHW
-    batches and the in-network resize are the same as for the 2048-d features."""
+    reference statistics, at the 2048-d pool features with 4 samples (N <= D: our N x N eigenvalue
+    form against clean-fid's sqrtm on the joint support), and at the 64-d tap with N > D (ADM's
+    sqrtm against clean-fid's sqrtm)."""
     from l2c.metrics import adm
     from l2c.metrics.crosscheck import check_agreement, cleanfid_fid
-    from l2c.metrics.evaluate import extract_features
+    from l2c.metrics.evaluate import extract_features, fid_of
     from l2c.metrics.features import AdmInceptionExtractor
     from l2c.metrics.npz import open_npz
     torch.manual_seed(0)
     torch.save(AdmInceptionExtractor("inception-v3-adm", ["2048"], random_weights=True).state_dict(), tmp_path / "w.pth")
     ext = AdmInceptionExtractor("inception-v3-adm", ["64", "2048"], feature_extractor_weights_path=str(tmp_path / "w.pth"))
-    s = open_npz(tiny_images(tmp_path / "s.npz", n=4, size=16), "samples")
-    r = open_npz(tiny_images(tmp_path / "r.npz", n=3, size=16, seed=1), "reference")
-    fs = extract_features(s, ext, {"pool": "64"}, 4)["pool"]
-    ref_stats = adm.feature_statistics(extract_features(r, ext, {"pool": "64"}, 4)["pool"])
-    stats = adm.feature_statistics(fs)
-    ours = adm.frechet_distance(*stats, *ref_stats)
-    check = cleanfid_fid(s, ext, "64", stats, ref_stats, batch_size=4)
-    assert ours > 0 and check["fid_features"] == pytest.approx(ours, rel=1e-4)
-    assert check_agreement(ours, check, stats[1], ref_stats[1]) < 1e-4
+    for layer, n in (("2048", 4), ("64", 70)):
+        s = open_npz(tiny_images(tmp_path / f"s{n}.npz", n=n, size=16), "samples")
+        r = open_npz(tiny_images(tmp_path / f"r{n}.npz", n=3 if n < 64 else 80, size=16, seed=1), "reference")
+        fs = extract_features(s, ext, {"pool": layer}, 16)["pool"]
+        ref_stats = adm.feature_statistics(extract_features(r, ext, {"pool": layer}, 16)["pool"])
+        ours = fid_of(fs, ref_stats)
+        check = cleanfid_fid(s, ext, layer, fs, ref_stats, batch_size=16)
+        assert ("support" in check) == (n <= fs.shape[1])
+        assert ours > 0 and check["fid_features"] == pytest.approx(ours, rel=1e-4)
+        traces = np.trace(adm.feature_statistics(fs)[1]) + np.trace(ref_stats[1])
+        assert check_agreement(ours, check, traces) < 1e-4
 
 
 @pytest.mark.parametrize("command", ["train-router", "pretrain"])

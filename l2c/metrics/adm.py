@@ -6,6 +6,11 @@ Semantics, checked against that file:
 - Fréchet distance: ``scipy.linalg.sqrtm(sigma1 @ sigma2)``; if the result is not finite, retry with
   ``eps`` added to both diagonals; if complex, raise when the *diagonal* imaginary part is not within
   1e-3 of zero (the error reports the largest imaginary magnitude), else keep the real part.
+- Fewer samples than feature dimensions (N <= D, e.g. a test or a rehearsal): the sample
+  covariance has rank < N and ``sqrtm`` of a singular D x D product is both slow and ill-posed, so
+  :func:`frechet_distance_low_rank` computes the same distance exactly through an N x N matrix:
+  with S1 = A A^T (A: centred features / sqrt(N-1)), the non-zero eigenvalues of S1 S2 are those of
+  the symmetric positive semi-definite A^T S2 A, so tr sqrt(S1 S2) = sum sqrt(eig(A^T S2 A)).
 - Inception score: softmax of the (bias-free) logits; the samples are cut into consecutive splits
   of ``split_size`` (5,000) in file order, without shuffling. ADM loops
   ``for i in range(0, N, split_size)``, so **the last split is whatever remains** (for N = 50,000
@@ -37,7 +42,7 @@ import warnings
 import numpy as np
 from scipy import linalg
 
-__all__ = ["feature_statistics", "frechet_distance", "inception_score", "knn_radii", "precision_recall",
+__all__ = ["feature_statistics", "frechet_distance", "frechet_distance_low_rank", "joint_support", "inception_score", "knn_radii", "precision_recall",
            "kid", "polynomial_mmd2_unbiased"]
 
 
@@ -74,6 +79,46 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             raise ValueError(f"Fréchet distance: imaginary component {np.max(np.abs(covmean.imag))} in sqrtm")
         covmean = covmean.real
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _factor(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, A) with ``np.cov(feats, rowvar=False) == A @ A.T``, A = centred features^T / sqrt(N-1)."""
+    feats = np.asarray(feats)
+    if feats.ndim != 2 or len(feats) < 2:
+        raise ValueError(f"feature_statistics needs an [N, D] array with N >= 2, got shape {feats.shape}")
+    mu = feats.mean(axis=0, dtype=np.float64)
+    return mu, (feats.astype(np.float64) - mu).T / np.sqrt(len(feats) - 1)
+
+
+def frechet_distance_low_rank(feats1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The Fréchet distance between the Gaussian of ``feats1`` ([N, D]) and (mu2, sigma2), exactly,
+    through an N x N eigenproblem (module docstring): for N <= D, where ``frechet_distance`` would
+    take the square root of a singular D x D matrix."""
+    mu1, a = _factor(feats1)
+    mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
+    if mu1.shape != mu2.shape or sigma2.shape != (mu1.size, mu1.size):
+        raise ValueError(f"features have {mu1.size} dimensions but the second Gaussian has mean {mu2.shape} "
+                         f"and covariance {sigma2.shape}")
+    m = a.T @ sigma2 @ a
+    eig = np.linalg.eigvalsh((m + m.T) / 2)  # PSD up to round-off
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + np.einsum("ij,ij->", a, a) + np.trace(sigma2) - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+
+
+def joint_support(feats1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> tuple[tuple, tuple, float]:
+    """The two Gaussians restricted to the span Q of the first one's centred features and the mean
+    difference (r <= N dimensions): ``((Q^T mu1, Q^T S1 Q), (Q^T mu2, Q^T S2 Q), tr S2 - tr Q^T S2 Q)``.
+    Since S1 lives in Q, FD(full) = FD(restricted) + that residual trace exactly: an independent
+    Fréchet code (clean-fid's) can check a distance with N <= D on r x r matrices."""
+    mu1, a = _factor(feats1)
+    mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
+    basis = np.concatenate([a, (mu1 - mu2)[:, None]], axis=1)
+    u, sv, _ = np.linalg.svd(basis, full_matrices=False)
+    q = u[:, sv > sv.max() * max(basis.shape) * np.finfo(np.float64).eps] if sv.size and sv.max() > 0 else u[:, :1]
+    qa, qs2 = q.T @ a, q.T @ sigma2 @ q
+    return (q.T @ mu1, qa @ qa.T), (q.T @ mu2, qs2), float(np.trace(sigma2) - np.trace(qs2))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -13,6 +13,12 @@ One recomputation per evaluation, recorded beside the suite's FID (:func:`cleanf
 - ``fid_frechet`` (``check="frechet"``): ``cleanfid.fid.frechet_distance`` on the suite's own
   statistics: the Fréchet maths only (one matrix square root, no feature pass).
 
+With no more samples than feature dimensions (a test, a rehearsal), the suite computes FID through
+an N x N eigenproblem (``l2c.metrics.adm.frechet_distance_low_rank``) and clean-fid's
+``frechet_distance`` runs on the two Gaussians restricted to their joint support (the span of the
+centred sample features and the mean difference, r <= N dimensions), plus the exact residual trace
+of the reference covariance outside it: the same distance, two independent square-root codes.
+
 clean-fid runs in its ``legacy_tensorflow`` mode, the one where images reach the feature model
 unresized (our networks resize inside, as the TF Inception graph does); nothing is downloaded,
 as no clean-fid feature network or reference statistics are ever built. The reference statistics
@@ -34,6 +40,7 @@ import numpy as np
 import torch
 
 from ..io import L2CError
+from . import adm
 from .npz import NpzBatch
 
 log = logging.getLogger("l2c.metrics")
@@ -96,17 +103,31 @@ def _cleanfid_frechet(mu1, sigma1, mu2, sigma2) -> float:
     return float(d)
 
 
-def cleanfid_fid(samples: NpzBatch, extractor, layer: str, sample_stats: tuple[np.ndarray, np.ndarray],
+def _cleanfid_distance(feats: np.ndarray, ref_stats: tuple[np.ndarray, np.ndarray], ours: bool = False) -> float:
+    """clean-fid's Fréchet distance of ``feats`` to the reference statistics; with no more samples
+    than dimensions, on the Gaussians restricted to their joint support plus the exact residual
+    trace (``l2c.metrics.adm.joint_support``): r x r matrices instead of a singular D x D one.
+    ``ours``: the suite's statistics (float64 mean) rather than clean-fid's ``np.mean`` / ``np.cov``."""
+    if len(feats) <= feats.shape[1]:
+        (mu1, s1), (mu2, s2), residual = adm.joint_support(feats, *ref_stats)
+        return _cleanfid_frechet(mu1, s1, mu2, s2) + residual
+    stats = adm.feature_statistics(feats) if ours else (np.mean(feats, axis=0), np.cov(feats, rowvar=False))
+    return _cleanfid_frechet(*stats, *ref_stats)
+
+
+def cleanfid_fid(samples: NpzBatch, extractor, layer: str, sample_feats: np.ndarray,
                  ref_stats: tuple[np.ndarray, np.ndarray], batch_size: int, device: torch.device | str = "cpu",
                  features: bool = True) -> dict:
     """clean-fid's FID of the samples (see the module docstring): ``fid_features`` when ``features``,
-    else ``fid_frechet``."""
+    else ``fid_frechet`` (on ``sample_feats``, the suite's own features)."""
     from importlib.metadata import version
     cfid = _cleanfid()
     device = torch.device(device)
     res = {"cleanfid_version": version("clean-fid"), "mode": "legacy_tensorflow (features unresized)"}
+    if len(sample_feats) <= sample_feats.shape[1]:
+        res["support"] = "joint support of the two Gaussians (N <= D) plus the residual trace"
     if not features:
-        res["fid_frechet"] = _cleanfid_frechet(*sample_stats, *ref_stats)
+        res["fid_frechet"] = _cleanfid_distance(np.asarray(sample_feats), ref_stats, ours=True)
     else:
         with torch.random.fork_rng(devices=[]):  # clean-fid draws latents from the global generator
             feats = cfid.get_model_features(_SampleFileGenerator(samples, batch_size, device), _FeatureModel(extractor, layer),
@@ -114,15 +135,14 @@ def cleanfid_fid(samples: NpzBatch, extractor, layer: str, sample_stats: tuple[n
                                             device=device, verbose=False)
         if feats.shape[0] != samples.n:
             raise L2CError(f"clean-fid cross-check: got {feats.shape[0]} feature rows for {samples.n} samples")
-        res["fid_features"] = _cleanfid_frechet(np.mean(feats, axis=0), np.cov(feats, rowvar=False), *ref_stats)
+        res["fid_features"] = _cleanfid_distance(feats, ref_stats)
     return res
 
 
-def check_agreement(fid: float, check: dict, sample_sigma: np.ndarray, ref_sigma: np.ndarray,
-                    source: str = "") -> float:
+def check_agreement(fid: float, check: dict, traces: float, source: str = "") -> float:
     """Raise an ``L2CError`` naming both numbers when a clean-fid FID disagrees with ``fid`` (rule in
-    the module docstring); returns the largest relative disagreement."""
-    atol = ATOL_SCALE * float(np.trace(np.atleast_2d(sample_sigma)) + np.trace(np.atleast_2d(ref_sigma)))
+    the module docstring; ``traces``: tr S1 + tr S2); returns the largest relative disagreement."""
+    atol = ATOL_SCALE * float(traces)
     worst = 0.0
     for key in ("fid_frechet", "fid_features"):
         if key not in check:
