@@ -57,8 +57,8 @@ def run_bench(model: nn.Module, schedule: CacheSchedule, *, nfe: int, sampler: s
               cfg_scale: float = 1.5, repeats: int = 5, warmup: int = 1, device: str = "cpu", dtype: str = "fp32",
               seed: int = 0, compile: bool = False) -> dict:
     """Time full and cached sampling alternately (interleaved repeats, so drift hits both alike).
-    ``compile``: both through ``CacheEngine(compile=True)`` engines kept across repeats (the warm-up
-    runs compile every step pattern)."""
+    ``compile``: both through ``CacheEngine(compile=True)`` engines (compiled branches; the warm-up
+    compiles them, or loads them from inductor's disk cache)."""
     dev = torch.device(device)
     model = model.to(dev).eval()
     in_ch, size = model.in_channels, model.input_size
@@ -164,7 +164,7 @@ def bench_cli(a: argparse.Namespace) -> dict:
                     repeats=a.repeats, warmup=a.warmup, device=a.device, dtype=a.dtype, compile=a.compile)
     env = res["environment"]
     print(f"model {a.model or a.checkpoint} | {env['device_name']} ({env['device']}) | {a.dtype}"
-          f"{' | torch.compile per step pattern' if a.compile else ''} | torch {env['torch']} | threads {env['num_threads']} | rev {env['git_revision']}")
+          f"{' | torch.compile per branch' if a.compile else ''} | torch {env['torch']} | threads {env['num_threads']} | rev {env['git_revision']}")
     print(f"sampler {a.sampler} NFE {a.nfe}, batch {a.batch}, CFG {a.cfg_scale}; schedule {res['schedule_source']} "
           f"(remove ratio {100 * res['remove_ratio']:.2f}% in cache steps)")
     print(f"{'':10s}{'latency (s)':>14s}{'speedup':>10s}")

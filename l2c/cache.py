@@ -215,6 +215,27 @@ class CacheSchedule:
             raise L2CError(f"{path}: cache schedule lacks the key {e}") from e
 
 
+_COMPILED_BRANCHES: dict[tuple[type, str], Any] = {}  # (block class, branch) -> compiled unbound branch
+
+
+def branch_function(block: nn.Module, name: str, compile: bool = False) -> Any:
+    """``block.<name>_branch`` as the model class defines it (bound to ``block``); with ``compile``,
+    through one ``torch.compile``d function per block class and branch, shared by every block of
+    that class and every engine of this process: parameters are graph inputs, so the 28 blocks of a
+    DiT-XL/2 share two graphs (attention, MLP), whatever the schedule, step or caching method, and
+    the cache engine's decisions stay eager Python around them. Compiled kernels are also cached on
+    disk by inductor, so later processes on the machine load rather than compile them."""
+    fn = getattr(type(block), f"{name}_branch")
+    if not compile:
+        return fn.__get__(block)
+    import functools
+
+    key = (type(block), name)
+    if key not in _COMPILED_BRANCHES:
+        _COMPILED_BRANCHES[key] = torch.compile(fn, dynamic=False)
+    return functools.partial(_COMPILED_BRANCHES[key], block)
+
+
 class CacheEngine:
     """Composes caching around a model's blocks while installed (``with engine.installed():``).
 
@@ -225,12 +246,9 @@ class CacheEngine:
     and the mixed value replaces the cache: a soft cache of any age, for trajectory training) and
     ``drop-mix`` (learning-to-drop: (1-r)*fresh). Caches are kept per stream (e.g. cond / uncond passes).
 
-    ``compile=True`` (opt-in fast path, modes ``schedule`` and ``off``): each distinct step pattern
-    (which sub-layers compute) runs as a ``torch.compile``d function of the model call, the cached
-    tensors it reuses passed in and the outputs it computes returned, so a graph depends on the
-    pattern only, never on the step index: one compilation per pattern, reused at every step and,
-    when the same engine serves several ``sample`` calls, every batch (the overrides are created
-    once per engine). Outputs equal eager ones up to kernel rounding (tested on CPU).
+    ``compile=True``: every branch runs through its compiled function (:func:`branch_function`):
+    two graphs per block class, compiled once per process (and loaded from inductor's disk cache
+    by later processes); outputs equal eager ones up to fp32 reassociation (tested on CPU).
     """
 
     def __init__(self, model: nn.Module, schedule: CacheSchedule | None = None, compile: bool = False):
@@ -238,10 +256,7 @@ class CacheEngine:
         self.blocks = cacheable_blocks(model)
         self.schedule = schedule
         self.compile = compile
-        self._compiled: dict[tuple, Any] = {}  # step pattern -> compiled model call
-        self._fx: dict[str, Any] = {}  # cache inputs / outputs of the compiled call being run
-        # the overrides, made once: a compiled graph that inlined them stays valid across installations
-        self._overrides = {(b, name): self._branch(b, s, getattr(type(block), f"{name}_branch").__get__(block))
+        self._overrides = {(b, name): self._branch(b, s, branch_function(block, name, compile))
                            for b, block in enumerate(self.blocks) for s, name in enumerate(BRANCHES)}
         if schedule is not None:
             schedule.check_model(model)
@@ -271,13 +286,6 @@ class CacheEngine:
             mode = self.mode
             if mode == "off":
                 return fn(x, *args)
-            if mode == "pattern":  # inside a compiled call: cache I/O through self._fx
-                fx = self._fx
-                if fx["compute"][b][s]:
-                    out = fn(x, *args)
-                    fx["kept"][(b, s)] = out
-                    return out
-                return torch.zeros_like(x) if fx["drop"] else fx["reused"][(b, s)]
             key = (self.stream, b, s)
             if mode == "schedule":
                 if self._compute[self.step][b][s]:
@@ -322,34 +330,6 @@ class CacheEngine:
                     block.__dict__.pop(f"{name}_branch", None)
             self.reset()
 
-    def _compiled_call(self, model_call: Any, args: tuple, step: int, stream: int, mode: str) -> torch.Tensor:
-        """One model call through the compiled function of this step's pattern (see the class doc).
-        Every computed output is kept (not only those a later step reuses): fewer distinct patterns."""
-        n = len(self.blocks)
-        drop = mode == "schedule" and self.schedule.policy == "drop"
-        compute = tuple(map(tuple, self._compute[step])) if mode == "schedule" else ((True, True),) * n
-        reused = [(b, s) for b in range(n) for s in range(2) if not compute[b][s] and not drop]
-        kept = [] if drop or mode == "off" else [(b, s) for b in range(n) for s in range(2) if compute[b][s]]
-        key = (id(model_call), mode, compute, drop)
-        fn = self._compiled.get(key)
-        if fn is None:
-            def call(cached: list[torch.Tensor], *call_args: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-                self._fx = {"compute": compute, "drop": drop, "reused": dict(zip(reused, cached)), "kept": {}}
-                out = model_call(*call_args)
-                return out, tuple(self._fx["kept"][bs] for bs in kept)
-            limits = torch._dynamo.config  # one code object serves every pattern: a recompilation each
-            limits.recompile_limit = max(limits.recompile_limit, 2 * len(self._compiled) + 16)
-            fn = self._compiled[key] = torch.compile(call, dynamic=False)
-        self.mode, self.step, self.stream = "pattern", step, stream
-        try:
-            out, outs = fn([self.cache[(stream, b, s)] for b, s in reused], *args)
-        finally:
-            self.mode, self._fx = "off", {}
-        self.cache.update({(stream, b, s): t for (b, s), t in zip(kept, outs)})
-        if mode == "schedule":
-            self.calls += np.asarray(compute, dtype=np.int64)
-        return out
-
     def reset(self) -> None:
         """Drop every cached tensor (between batches, and on exit)."""
         self.cache.clear()
@@ -360,8 +340,6 @@ class CacheEngine:
         """Run ``model_call(*args)`` at sampling step ``step`` (passed explicitly) in ``mode``."""
         if mode == "schedule" and self.schedule is None:
             mode = "off"
-        if self.compile and mode in ("schedule", "off"):
-            return self._compiled_call(model_call, args, step, stream, mode)
         self.mode, self.step, self.stream, self.mix = mode, step, stream, mix
         try:
             return model_call(*args)

@@ -45,7 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "job_server": True,  # local runs: jobs fork from one server that imported torch once (l2c.jobserver)
     "sample_jobs": 1,  # >1: each cell's sampling fans out over this many shard-range jobs + one merge
     "random_seeds": [0, 1, 2],  # seeds of the random heuristics (Fig. 4 "Manual: Random", random drop)
-    "sampling": {"num_samples": 1000, "seed": 0, "labels": "uniform", "shard_size": 250, "batch_size": 250},
+    "sampling": {"num_samples": 1000, "seed": 0, "labels": "uniform", "shard_size": 250, "batch_size": 250,
+                 "compile": False},
     "latency": {"batch": 8, "repeats": 5, "warmup": 1, "seed": 0},
     "profile": {"num_samples": 64, "seed": 1234},
     "router": {"steps": 2000, "batch_size": 64, "lr": 1e-3, "clamp": 5.0, "reduction": "mean", "seed": 0,
@@ -195,7 +196,8 @@ def resolve(config: dict) -> dict:
     per-NFE overrides merged into ``sampling`` / ``latency`` / ``router``, and input paths resolved."""
     _check_raw(config)
     cfg = _merge(DEFAULTS, config)
-    cfg["check_files"] = cfg["check_files"] in (True, "true")  # --config check_files=false gives a string
+    for key in ("check_files", "job_server"):  # --config check_files=false gives a string
+        cfg[key] = cfg[key] in (True, "true")
     cfg["inception_weights"] = _local(cfg["inception_weights"])
     for name, m in cfg["models"].items():
         m = _merge(MODEL_DEFAULTS, m)
@@ -695,13 +697,13 @@ def sample_config(m: dict, schedule_json: str | os.PathLike, device: str, dtype:
                             sampler=m["sampler"], nfe=spec["nfe"], cfg_scale=m["cfg_scale"], cfg_channels=m["cfg_channels"],
                             method=spec["method"], method_params=spec["params"], calibration=spec["calibration"],
                             num_samples=s["num_samples"], seed=s["seed"], labels=s["labels"], shard_size=s["shard_size"],
-                            batch_size=s["batch_size"], device=device, dtype=dtype)
+                            batch_size=s["batch_size"], device=device, dtype=dtype, compile=s["compile"])
     sched = CacheSchedule.load(schedule_json)
     return SampleConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], vae=m["vae"],
                         sampler=m["sampler"], nfe=sched.nfe, cfg_scale=m["cfg_scale"], cfg_channels=m["cfg_channels"],
                         schedule=str(schedule_json) if sched.num_reused else None, num_samples=s["num_samples"],
                         seed=s["seed"], labels=s["labels"], shard_size=s["shard_size"], batch_size=s["batch_size"],
-                        device=device, dtype=dtype)
+                        device=device, dtype=dtype, compile=s["compile"])
 
 
 def shard_range(m: dict, part: int, parts: int) -> tuple[int, int]:

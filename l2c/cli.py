@@ -564,6 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["fp32", "bf16", "tf32"])
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="run the blocks' branches through torch.compile (two graphs per block class, any schedule; "
+                        "equal to eager up to fp32 reassociation)")
     p.add_argument("--shards", help="compute only shards A:B (fan-out over jobs); a later run without it merges")
     p.add_argument("--keep-shards", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -665,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--compile", action="store_true",
-                   help="time the torch.compile path (one graph per step pattern; the warm-up runs compile)")
+                   help="time the torch.compile path (compiled branches, two graphs per block class; the warm-up runs compile)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", help="also write the result to this JSON file")
     add_method_args(p)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cache import CacheSchedule
+from .cache import CacheEngine, CacheSchedule
 from .data import float_to_uint8
 from .io import L2CError, environment_record, lock_path, locked, read_npz_verified, sha256_file, write_json, write_npz
 from .models import load_model
@@ -63,6 +63,7 @@ class SampleConfig:
     batch_size: int = 250
     device: str = "cpu"
     dtype: str = "fp32"  # fp32 | bf16 | tf32
+    compile: bool = False  # branches through torch.compile (l2c.cache.branch_function): fp32 reassociation, faster
 
 
 def sample_seeds(seed: int, indices: np.ndarray) -> list[int]:
@@ -114,6 +115,8 @@ class Generator:
         if cfg.method:
             from .caching.cli import method_engine
             self.engine = method_engine(cfg, self.model, self.schedule)
+        elif cfg.compile:
+            self.engine = CacheEngine(self.model, self.schedule, compile=True)
         self.vae = load_vae(cfg.vae, self.device) if cfg.vae else None
         m = self.model
         self.shape = (m.in_channels, m.input_size, m.input_size)
@@ -126,7 +129,7 @@ class Generator:
         with self.autocast:
             x = sample(self.model, noise, labels, sampler=cfg.sampler, nfe=cfg.nfe, cfg_scale=cfg.cfg_scale,
                        schedule=self.schedule, cfg_channels=cfg.cfg_channels, engine=self.engine)
-            if self.engine is not None:  # MACs of the decisions this batch took (l2c.caching)
+            if cfg.method:  # MACs of the decisions this batch took (l2c.caching)
                 self.method_macs.append((len(indices), sum(self.engine.macs_per_step())))
             if self.vae is not None:
                 with torch.no_grad():
@@ -243,7 +246,7 @@ def _write_shard(gen: Generator, cfg: SampleConfig, sdir: Path, s: int, bar, t0:
         bar.update(len(idx))
         bar.set_postfix(img_s=f"{bar.n / max(time.time() - t0, 1e-9):.1f}")
     sha = write_npz(npz, arr_0=np.concatenate(imgs), arr_1=np.concatenate(labs))
-    macs = {"method_macs_per_image": sum(n * m for n, m in gen.method_macs) / (hi - lo)} if gen.engine is not None else {}
+    macs = {"method_macs_per_image": sum(n * m for n, m in gen.method_macs) / (hi - lo)} if gen.cfg.method else {}
     write_json(rec, {"sha256": sha, "config_sha256": config_digest(cfg), "first_sample": lo, "stop_sample": hi, **macs})
     log.info("shard %d/%d written (%d samples)", s + 1, num_shards(cfg), hi - lo)
 

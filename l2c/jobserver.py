@@ -37,7 +37,7 @@ from typing import Any
 ENV = "L2C_JOB_SERVER"
 IN_CHILD = "_L2C_JOB_CHILD"  # set in a served child's environment: never forward again
 PRELOAD = ("torch", "numpy", "scipy.linalg", "snakemake.script", "l2c.cells", "l2c.cli", "l2c.metrics.evaluate",
-           "l2c.caching", "l2c.rehearsal", "analysis.tables", "analysis.figures")
+           "l2c.caching", "l2c.rehearsal", "analysis.tables", "analysis.figures", "diffusers:AutoencoderKL")
 _HEADER = struct.Struct("!I")
 
 
@@ -182,9 +182,12 @@ def serve(path: str, parent: int | None = None, preload: tuple[str, ...] = PRELO
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)  # bound before preloading: early jobs wait in the backlog, none runs twice
     listener.listen(128)
-    for name in preload:  # what a job would import; a module that cannot be imported here is imported by the job
+    for name in preload:  # what a job would import ("module:attribute" for lazy modules); what fails, the job imports
         try:
-            importlib.import_module(name)
+            module, _, attr = name.partition(":")
+            obj = importlib.import_module(module)
+            if attr:
+                getattr(obj, attr)
         except Exception:  # noqa: BLE001
             pass
     print(f"l2c job server: serving {path} (pid {os.getpid()})", flush=True)
@@ -241,6 +244,11 @@ def serve(path: str, parent: int | None = None, preload: tuple[str, ...] = PRELO
                 except ProcessLookupError:
                     pass
     listener.close()
+    for remove in (os.unlink, os.rmdir):  # the socket, then its private folder if nothing else is in it
+        try:
+            remove(path if remove is os.unlink else os.path.dirname(path))
+        except OSError:
+            pass
 
 
 def _accept(listener: socket.socket, running: dict, uid: int) -> None:

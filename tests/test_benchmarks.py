@@ -45,3 +45,23 @@ def test_vs_official_plan_is_the_schedule():
     assert theirs.timestep_map == {t: i for i, t in enumerate(timestep_map)}
     # router index i = NFE-1-k; computed flat indices at cache steps, None elsewhere (full recompute)
     assert [None if r is None else r.tolist() for r in theirs.rank] == [[0, 1, 2, 3, 4, 5], None, [], None, [1, 2, 4, 5], None]
+
+
+def test_workflow_time_sums_job_time_per_rule(tmp_path):
+    """benchmarks/workflow_time.py's per-rule sums: benchmark files where a rule has them, else the
+    job server's stamp in each job log (a rule with both is counted once)."""
+    sys.path.insert(0, str(BENCH))
+    from workflow_time import VARIANTS, rule_times
+    bench, logs = tmp_path / "work" / "benchmarks", tmp_path / "work" / "logs"
+    for rule, times in (("sample", [40.5, 9.5]), ("evaluate", [3.0])):
+        (bench / rule).mkdir(parents=True)
+        for i, t in enumerate(times):
+            (bench / rule / f"{i}.tsv").write_text(f"s\th:m:s\n{t}\t0:00:{int(t)}\n")
+    for rule, lines in (("schedule", ["x", "[l2c job server] child 12: wall 1.5 s, CPU 1.0 s, max RSS 9 MB"]),
+                        ("sample", ["[l2c job server] child 13: wall 99.0 s, CPU 1.0 s, max RSS 9 MB"])):
+        (logs / rule).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            (logs / rule / f"{i}.log").write_text("\n".join(lines) + "\n")
+    assert rule_times(tmp_path, "work") == {"evaluate": {"jobs": 1, "wall_s": 3.0}, "sample": {"jobs": 2, "wall_s": 50.0},
+                                            "schedule": {"jobs": 2, "wall_s": 3.0}}
+    assert VARIANTS["no-server"] == ["job_server=false"]

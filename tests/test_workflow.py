@@ -296,10 +296,15 @@ def test_lint_is_clean(tmp_path):
 # -- the smoke run ---------------------------------------------------------------------------------------------
 
 def test_smoke_end_to_end(tmp_path):
-    """Real pretraining, router training, sampling, evaluation, latency, tables, figures and report;
+    """Real pretraining, router training, sampling, evaluation, latency, tables, figures and report,
+    every job served by the job server (its stamp ends every job's log, the server is gone after);
     a re-run plans nothing; deleting one cell's result re-plans only what depends on it."""
     r = smk(tmp_path, "--cores", "2", configfiles=(SMOKE,), timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    logs = [f for f in (tmp_path / "work" / "logs").glob("*/*.log")]
+    assert len(logs) > 90 and all("[l2c job server] child" in f.read_text(errors="replace") for f in logs)
+    served = re.search(r"serving (\S+) \(pid (\d+)\)", (tmp_path / "work" / "logs" / "job-server.log").read_text())
+    assert served and not os.path.exists(served[1])  # the run's server stopped and removed its socket
     res = tmp_path / "results"
     planned = cells.plan(cells.resolve(yaml.safe_load(SMOKE.read_text())))
     df = pd.read_csv(res / "cells.csv")

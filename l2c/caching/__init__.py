@@ -34,9 +34,11 @@ def __getattr__(name: str) -> Any:
 
 def build_engine(model: nn.Module, method: str, *, nfe: int, sampler: str = "ddim", params: dict[str, Any] | None = None,
                  calibration: dict[str, Any] | str | None = None,
-                 observer: Callable[[int, int, int, int, torch.Tensor], None] | None = None) -> MethodEngine:
+                 observer: Callable[[int, int, int, int, torch.Tensor], None] | None = None,
+                 compile: bool = False) -> MethodEngine:
     """A ``MethodEngine`` running ``method`` (a registered family, or ``"plan"`` with
-    ``params={"plan": PATH}`` to replay a recorded plan) on ``model`` for ``nfe`` evaluations."""
+    ``params={"plan": PATH}`` to replay a recorded plan) on ``model`` for ``nfe`` evaluations
+    (``compile``: its branches through ``l2c.cache.branch_function``'s compiled functions)."""
     from .engine import MethodEngine, Plan  # noqa: PLC0415
     if sampler not in SAMPLERS:
         raise L2CError(f"unknown sampler {sampler!r}: expected one of {SAMPLERS}")
@@ -47,7 +49,7 @@ def build_engine(model: nn.Module, method: str, *, nfe: int, sampler: str = "ddi
         plan = Plan.from_dict(read_json(path), str(path))
         if plan.nfe != nfe:
             raise L2CError(f"plan {path} has {plan.nfe} steps but sampling uses NFE {nfe}")
-        return MethodEngine(model, plan, None, None, observer)
+        return MethodEngine(model, plan, None, None, observer, compile)
     fam = get_family(method)
     if hasattr(model, "cache_blocks") and not fam.uvit:
         raise L2CError(f"method {method} does not apply to U-ViT (see docs/methods.md)")
@@ -56,7 +58,7 @@ def build_engine(model: nn.Module, method: str, *, nfe: int, sampler: str = "ddi
     ctx = Context(model, nfe, sampler, calibration)
     plan, policy, positions = fam.build(ctx, resolve_params(fam, params))
     plan.positions = None if positions is None else [float(p) for p in positions]
-    return MethodEngine(model, plan, policy, None, observer)
+    return MethodEngine(model, plan, policy, None, observer, compile)
 
 
 __all__ = ["ACTION_CHARS", "AccumulatedChange", "COMPUTE", "Context", "FAMILIES", "FORECAST", "Family", "Guards",

@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..cache import branch_function
 from ..io import L2CError
 from ..macs import layer_macs
 from ..models import BRANCHES, cacheable_blocks
@@ -341,7 +342,7 @@ class MethodEngine:
 
     def __init__(self, model: nn.Module, plan: Plan, policy: Policy | None = None,
                  positions: Sequence[float] | None = None,
-                 observer: Callable[[int, int, int, int, torch.Tensor], None] | None = None):
+                 observer: Callable[[int, int, int, int, torch.Tensor], None] | None = None, compile: bool = False):
         self.model = model
         self.blocks = cacheable_blocks(model)
         if plan.depth != len(self.blocks):
@@ -364,7 +365,7 @@ class MethodEngine:
         self._scored = (plan.branch[..., 1] == TOKENS).any(axis=0).tolist()  # blocks whose MLP takes token subsets
         self._unit_of = {b: i for i, u in enumerate(plan.units) for b in u.blocks()}
         self._signal_at_block0 = policy is not None and policy.signal == "modulated-input"
-        self._branch_overrides = {(b, name): self._branch(b, s, getattr(type(blk), f"{name}_branch").__get__(blk))
+        self._branch_overrides = {(b, name): self._branch(b, s, branch_function(blk, name, compile))
                                   for b, blk in enumerate(self.blocks) for s, name in enumerate(BRANCHES)}
         wrap = set(self._unit_of) | ({0} if plan.units else set())
         self._block_overrides = {b: self._block(b, type(self.blocks[b]).forward.__get__(self.blocks[b])) for b in sorted(wrap)}
