@@ -255,7 +255,6 @@ class CacheEngine:
         self.model = model
         self.blocks = cacheable_blocks(model)
         self.schedule = schedule
-        self.compile = compile
         self._overrides = {(b, name): self._branch(b, s, branch_function(block, name, compile))
                            for b, block in enumerate(self.blocks) for s, name in enumerate(BRANCHES)}
         if schedule is not None:

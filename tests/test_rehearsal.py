@@ -370,7 +370,7 @@ def test_rehearsal_end_to_end(tmp_path):
     with FID/sFID/IS/P/R/paired PSNR and the clean-fid cross-check, latency), 10 tables with the paper's
     values beside the paper cells, every figure, the report. Measured on 2 CPU cores with the job
     server and the official routers: 757 jobs in 13 min 21 s (the 95 Inception evaluations 705 s of
-    job time, Snakemake's scheduling ~0.3 s of CPU per job; docs/workflow.md), over the suite's
+    job time, ~200 s outside the jobs; docs/workflow.md), over the suite's
     budget, hence opt-in; the official routers are used where ../shared holds them."""
     cfg = load(REHEARSAL)
     if not ROUTERS.is_dir():
