@@ -56,7 +56,8 @@ TABLE_COLUMNS: dict[str, list[str]] = {
     "table5": ID + ["removed", "latency (s)", "speedup"] + QUALITY + ["backend", "paper removed", "paper latency (s)",
                                                                        "paper speedup"] + PAPER_QUALITY,
     "table6": ID + ["removed", "latency (s)", "speedup"] + QUALITY + ["backend", "paper latency (s)", "paper speedup"] + PAPER_QUALITY,
-    "table8": ["model", "NFE", "lambda", "theta", "router steps", "router training (s)", "removed", "backend", "paper hours"],
+    "table8": ["model", "NFE", "lambda", "theta", "router steps", "router training (s)", "routers per run", "removed", "backend",
+               "paper hours"],
     "table9": ID + ["removed", "latency (s)", "speedup"] + QUALITY + ["backend", "paper removed", "paper latency (s)",
                                                                        "paper speedup"] + PAPER_QUALITY,
     "fig4": ID + ["family", "budget of", "removed", "MACs (G)", "latency (s)", "speedup", "speedup (MACs)"] + QUALITY + ["backend"],
@@ -160,6 +161,7 @@ def ours(df: pd.DataFrame) -> pd.DataFrame:
         "remove ratio (%)": 100 * df["remove_ratio"], "FFN (%)": 100 * df["remove_ratio_mlp"],
         "MHSA (%)": 100 * df["remove_ratio_attn"],
         "router steps": df["router_steps"], "router training (s)": df["router_train_s"],
+        "routers per run": df["routers_per_run"] if "routers_per_run" in df else np.nan,  # routers sharing that time
         "backend": df["backend"] + " (" + df["feature_extractor"].fillna("?") + ")",
     }, index=df.index)
     return out
@@ -360,7 +362,7 @@ def _fmt(col: str, v) -> str:
         return "∞"
     if col in ("lambda", "theta"):
         return f"{float(v):g}"
-    if col in ("router steps", "paper removed", "paper NFE"):
+    if col in ("router steps", "routers per run", "paper removed", "paper NFE"):
         return str(int(v))
     if isinstance(v, (float, np.floating)):
         if col == "MACs (G)":

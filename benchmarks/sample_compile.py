@@ -2,15 +2,16 @@
 
     python benchmarks/sample_compile.py                           # the embedded DiT, NFE 20, 1000 samples, 1 thread
     python benchmarks/sample_compile.py --model uvit --nfe 20 --threads 2
+    python benchmarks/sample_compile.py --batch-sizes 250 50      # also the batch size, both paths
 
 Each variant is a fresh process running ``l2c sample`` exactly as the workflow's sample job does
-(the committed checkpoint, CFG 1.5, batch 250, shards of 250), timed from process start to the
-written file: ``eager``; ``compiled-cold`` (``--compile`` with an empty inductor cache: every kernel
-compiled); ``compiled-warm`` (``--compile`` again, the inductor cache of the cold run: what every
-later job on the machine pays). ``--schedule`` times a cached cell instead of the uncached one.
-Printed: wall seconds per variant and its speedup over eager, the largest difference of the
-compiled samples from the eager ones (uint8 levels), device, threads, torch version and git
-revision; ``--json`` writes every number."""
+(the committed checkpoint, its CFG scale, shards of 250), timed from process start to the written
+file, for each batch size B of ``--batch-sizes``: ``eager-bB``; ``compiled-cold-bB`` (``--compile``
+with an empty inductor cache: every kernel compiled); ``compiled-warm-bB`` (``--compile`` again, the
+inductor cache of the cold run: what every later job on the machine pays). ``--schedule`` times a
+cached cell instead of the uncached one. Printed: wall seconds per variant and its speedup over
+eager at the first batch size, the largest difference of every variant's samples from those
+(uint8 levels), device, threads, torch version and git revision; ``--json`` writes every number."""
 from __future__ import annotations
 
 import argparse
@@ -46,32 +47,40 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-samples", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--schedule", help="a cache schedule JSON (default: the uncached sampler)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[250],
+                    help="sampling batch sizes (the first is the baseline; divisors of 250 keep one shape per shard)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache runs (warm runs then compile first)")
     ap.add_argument("--json", help="write the numbers here")
     a = ap.parse_args(argv)
     ckpt, sampler, cfg_scale = MODELS[a.model]
     args = ["--checkpoint", str(EMBEDDED_DIR / ckpt), "--sampler", sampler, "--nfe", str(a.nfe), "--cfg-scale", str(cfg_scale),
-            "--num-samples", str(a.num_samples), "--batch-size", "250", "--shard-size", "250"]
+            "--num-samples", str(a.num_samples), "--shard-size", "250"]
     if a.schedule:
         args += ["--schedule", a.schedule]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
     env.pop("L2C_JOB_SERVER", None)
+    walls: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cache = {**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")}
-        walls = {"eager": run("eager", args, tmp / "eager.npz", env),
-                 "compiled-cold": run("compiled-cold", [*args, "--compile"], tmp / "cold.npz", cache),
-                 "compiled-warm": run("compiled-warm", [*args, "--compile"], tmp / "warm.npz", cache)}
-        ref = np.load(tmp / "eager.npz")["arr_0"].astype(int)
-        diff = max(int(np.abs(np.load(tmp / f"{v}.npz")["arr_0"].astype(int) - ref).max()) for v in ("cold", "warm"))
+        for b in a.batch_sizes:
+            bargs = [*args, "--batch-size", str(b)]
+            cache = {**env, "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"inductor-b{b}")}
+            walls[f"eager-b{b}"] = run(f"eager-b{b}", bargs, tmp / f"eager-b{b}.npz", env)
+            if not a.no_cold:
+                walls[f"compiled-cold-b{b}"] = run(f"compiled-cold-b{b}", [*bargs, "--compile"], tmp / f"compiled-cold-b{b}.npz", cache)
+            walls[f"compiled-warm-b{b}"] = run(f"compiled-warm-b{b}", [*bargs, "--compile"], tmp / f"compiled-warm-b{b}.npz", cache)
+        base = next(iter(walls))
+        ref = np.load(tmp / f"{base}.npz")["arr_0"].astype(int)
+        diffs = {k: int(np.abs(np.load(tmp / f"{k}.npz")["arr_0"].astype(int) - ref).max()) for k in walls}
     env_rec = environment_record("cpu", "fp32")
     print(f"sample_compile: {a.model} {sampler} NFE {a.nfe}, {a.num_samples} samples, {a.threads} thread(s), "
           f"{'schedule ' + a.schedule if a.schedule else 'uncached'} | torch {env_rec['torch']} | rev {env_rec['git_revision']}")
     for k, w in walls.items():
-        print(f"  {k:<14} {w:8.1f} s   speedup over eager {walls['eager'] / w:5.2f}x")
-    print(f"  largest difference of compiled from eager samples: {diff} uint8 level(s)")
+        print(f"  {k:<20} {w:8.1f} s   speedup over {base} {walls[base] / w:5.2f}x   largest sample difference {diffs[k]} uint8 level(s)")
     if a.json:
         write_json(a.json, {"model": a.model, "nfe": a.nfe, "num_samples": a.num_samples, "threads": a.threads,
-                            "schedule": a.schedule, "wall_s": walls, "max_uint8_diff": diff, "environment": env_rec})
+                            "schedule": a.schedule, "batch_sizes": a.batch_sizes, "baseline": base, "wall_s": walls,
+                            "max_uint8_diff": diffs, "environment": env_rec})
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "fp32",  # fp32 | bf16 | tf32 (sampling); latency uses fp32 | bf16
     "threads": 1,  # torch threads per job
     "job_server": True,  # local runs: jobs fork from one server that imported torch once (l2c.jobserver)
+    "joint_routers": True,  # the routers of a model and NFE that can share their passes train in one job
     "sample_jobs": 1,  # >1: each cell's sampling fans out over this many shard-range jobs + one merge
     "random_seeds": [0, 1, 2],  # seeds of the random heuristics (Fig. 4 "Manual: Random", random drop)
     "sampling": {"num_samples": 1000, "seed": 0, "labels": "uniform", "shard_size": 250, "batch_size": 250,
@@ -196,7 +197,7 @@ def resolve(config: dict) -> dict:
     per-NFE overrides merged into ``sampling`` / ``latency`` / ``router``, and input paths resolved."""
     _check_raw(config)
     cfg = _merge(DEFAULTS, config)
-    for key in ("check_files", "job_server"):  # --config check_files=false gives a string
+    for key in ("check_files", "job_server", "joint_routers"):  # --config check_files=false gives a string
         cfg[key] = cfg[key] in (True, "true")
     cfg["inception_weights"] = _local(cfg["inception_weights"])
     for name, m in cfg["models"].items():
@@ -408,6 +409,20 @@ def routers(cfg: dict) -> list[tuple[str, int, str, float]]:
     return list(seen)
 
 
+def router_passes(cfg: dict) -> dict[tuple[str, int, str], list[str]]:
+    """(model, nfe, router id) -> the router ids trained in its job, the first being the job that
+    trains them. With ``joint_routers`` the routers of one model and NFE that share their no-grad
+    passes (``l2c.router.train_routers``: the single-step ones -- L2C at every lambda and
+    learning-to-drop -- and, apart, the trajectory ones) train in one job, and each other member's
+    job only writes its files from the checkpoint that job left; without it every router trains alone."""
+    groups: dict[tuple, list[str]] = {}
+    for model, nfe, objective, lam in routers(cfg):
+        rid = router_id(objective, lam)
+        kind = ("trajectory" if objective == "trajectory" else "single-step") if cfg["joint_routers"] else rid
+        groups.setdefault((model, nfe, kind), []).append(rid)
+    return {(model, nfe, rid): rids for (model, nfe, _), rids in groups.items() for rid in rids}
+
+
 def external_files(cfg: dict) -> list[tuple[str, str, str]]:
     """Files the workflow reads but cannot make: (what, path, where to get it)."""
     out = []
@@ -509,17 +524,24 @@ def profile_cell(m: dict, nfe: int, out: str | os.PathLike, *, num_samples: int,
 
 
 def train_router_cell(m: dict, nfe: int, objective: str, lam: float, opts: dict, out_dir: str | os.PathLike,
-                      record_json: str | os.PathLike, threads: int | None = None, device: str = "cpu") -> None:
-    """Train one router (``l2c train-router``) and write its data record: sigmoid(beta) per
-    (step, sub-layer) in sampling order, the training wall time and the last log line (Table 8, Fig. 5)."""
+                      record_json: str | os.PathLike, threads: int | None = None, device: str = "cpu",
+                      companions: Iterable[tuple[str, float, str | os.PathLike]] = ()) -> None:
+    """Train one router (``l2c train-router``), together with the ``companions`` (objective, lambda,
+    folder) that share its passes (:func:`router_passes`), and write its data record: sigmoid(beta)
+    per (step, sub-layer) in sampling order, the training wall time and the last log line (Table 8,
+    Fig. 5). The companions' records are written by their own jobs."""
     import torch
 
     from .io import read_json, write_json
-    from .router import RouterConfig, load_router, train_router
-    cfg = RouterConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], data=m["data"],
-                       sampler=m["sampler"], nfe=nfe, lam=lam, objective=objective, threads=threads,
-                       device=device, **opts)
-    path = train_router(cfg, out_dir, progress=False)
+    from .router import RouterConfig, load_router, train_routers
+
+    def config(objective: str, lam: float) -> RouterConfig:
+        return RouterConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], data=m["data"],
+                            sampler=m["sampler"], nfe=nfe, lam=lam, objective=objective, threads=threads,
+                            device=device, **opts)
+    companions = list(companions)
+    path = train_routers([config(objective, lam)] + [config(o, x) for o, x, _ in companions],
+                         [out_dir] + [d for *_, d in companions], progress=False)[0]
     r = load_router(path)
     rec = read_json(Path(out_dir) / "record.json")
     log_lines = (Path(out_dir) / "train_log.jsonl").read_text().splitlines()
@@ -528,6 +550,7 @@ def train_router_cell(m: dict, nfe: int, objective: str, lam: float, opts: dict,
         "depth": r["depth"], "cache_steps": r["cache_steps"], "steps": r["steps"],
         "probs": [[round(float(v), 6) for v in row] for row in torch.sigmoid(r["beta"].double())],
         "wall_time_s": rec["wall_time_s"], "s_per_1000_it": rec["s_per_1000_it"],
+        "routers_trained_together": rec.get("routers_trained_together", 1),
         "last_log": _last_record(log_lines),
         "config": rec["config"], "environment": rec["environment"],
     })
@@ -861,6 +884,7 @@ def cell_record(cell: dict, m: dict, schedule: dict, evaluation: dict, latency: 
         "paired_with": paired.get("paired_with"),
         "router_steps": router.get("steps") if router else None,
         "router_train_s": router.get("wall_time_s") if router else None,
+        "routers_per_run": router.get("routers_trained_together", 1) if router else None,
         "sampling_seed": m["sampling"]["seed"], "device": env.get("device"), "device_name": env.get("device_name"),
         "dtype": env.get("dtype"), "torch": env.get("torch"), "git_revision": env.get("git_revision"),
         "threads": env.get("num_threads"),

@@ -13,6 +13,7 @@ of the logits to [-c, c] after every step (DiT: 5) and optional straight-through
 branch is (1-r)*fresh, i.e. a skipped branch contributes nothing instead of its cached value."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -79,113 +80,210 @@ def train_router(cfg: RouterConfig, out_dir: str | os.PathLike, progress: bool =
     ``model`` replaces loading ``cfg.checkpoint`` (the router benchmark passes random weights);
     ``timings`` collects per-iteration seconds of each phase (data, cache_fill, teacher, student,
     backward, optimizer), with device syncs around each, for ``l2c bench-router``."""
-    if cfg.sampler not in ("ddim", "dpm2"):
-        raise L2CError(f"router training for sampler {cfg.sampler!r}: expected ddim or dpm2")
-    if cfg.objective not in OBJECTIVES:
-        raise L2CError(f"objective {cfg.objective!r}: expected one of {OBJECTIVES}")
-    if cfg.objective == "trajectory" and cfg.sampler != "ddim":
-        raise L2CError("the trajectory objective is implemented for the ddim sampler")
-    if cfg.trajectory_loss not in ("x0", "final"):
-        raise L2CError(f"trajectory_loss {cfg.trajectory_loss!r}: expected x0 or final")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive_run(out, "router training folder"):  # a second run into the same folder is refused
-        return _train_router(cfg, out, progress, model=model, timings=timings)
+    return train_routers([cfg], [out_dir], progress, model=model, timings=timings)[0]
 
 
-def _train_router(cfg: RouterConfig, out: Path, progress: bool, *, model: torch.nn.Module | None,
-                  timings: dict[str, list[float]] | None) -> Path:
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    dev = _device(cfg.device)
-    if model is None:
-        model = load_model(cfg.checkpoint, cfg.model, **cfg.model_kwargs)
-    model = model.to(dev).eval().requires_grad_(False)
-    data = None if cfg.objective == "trajectory" else load_dataset(cfg.data)  # trajectory training is image-free
-    n_sub = num_sublayers(model)
-    depth = n_sub // 2
+def joint_key(cfg: RouterConfig) -> dict[str, Any]:
+    """What routers trained together share: every setting but lambda, and for the single-step
+    objectives not whether it is L2C or learning-to-drop (both draw the same batches, cache fills
+    and teacher outputs)."""
+    key = asdict(cfg)
+    key.pop("lam")
+    key["objective"] = "trajectory" if cfg.objective == "trajectory" else "single-step"
+    return key
+
+
+def train_routers(cfgs: list[RouterConfig], out_dirs: list[str | os.PathLike], progress: bool = True, *,
+                  model: torch.nn.Module | None = None, timings: dict[str, list[float]] | None = None) -> list[Path]:
+    """Train several routers that differ only in lambda (single-step ones also in L2C vs drop) in one
+    pass, each into its own folder as :func:`train_router` writes it. Every iteration draws its
+    batch, runs the no-grad passes that do not depend on the router (the cache fill and the teacher;
+    the teacher trajectory for the trajectory objective) once, then each router's student, backward
+    and AdamW step. The draws and the shared passes do not depend on any router, so each router is
+    bit-identical to training it alone, for a fraction of the cost. Routers whose checkpoints stand
+    at different steps resume in separate passes; a router already at its last step is only written."""
+    if len(cfgs) != len(out_dirs) or not cfgs:
+        raise L2CError("train_routers: expected one output folder per router config")
+    for cfg in cfgs:
+        if cfg.sampler not in ("ddim", "dpm2"):
+            raise L2CError(f"router training for sampler {cfg.sampler!r}: expected ddim or dpm2")
+        if cfg.objective not in OBJECTIVES:
+            raise L2CError(f"objective {cfg.objective!r}: expected one of {OBJECTIVES}")
+        if cfg.objective == "trajectory" and cfg.sampler != "ddim":
+            raise L2CError("the trajectory objective is implemented for the ddim sampler")
+        if cfg.trajectory_loss not in ("x0", "final"):
+            raise L2CError(f"trajectory_loss {cfg.trajectory_loss!r}: expected x0 or final")
+        diff = sorted(k for k, v in joint_key(cfg).items() if joint_key(cfgs[0])[k] != v)
+        if diff:
+            raise L2CError(f"routers trained together must differ only in lambda (and cache vs drop); "
+                           f"lambda {cfg.lam:g} ({cfg.objective}) differs from lambda {cfgs[0].lam:g} in {diff}")
+    outs = [Path(o) for o in out_dirs]
+    if len({o.resolve() for o in outs}) != len(outs):
+        raise L2CError(f"train_routers: two routers share an output folder ({[str(o) for o in outs]})")
+    with contextlib.ExitStack() as stack:
+        for out in outs:
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(exclusive_run(out, "router training folder"))  # a second run into a folder is refused
+        return _train_group(cfgs, outs, progress, model=model, timings=timings)
+
+
+class _Run:
+    """One router of a joint pass: its logits, optimizer, progress and log."""
+
+    def __init__(self, cfg: RouterConfig, out: Path):
+        self.cfg, self.out = cfg, out
+        self.ckpt = out / "checkpoint.pt"
+        self.state = None
+        if self.ckpt.exists():
+            ck = load_torch(self.ckpt, "router checkpoint")
+            if not isinstance(ck, dict) or ck.get("format") != "l2c-suite/router-state":
+                raise L2CError(f"router checkpoint {self.ckpt}: not a router training state; delete it to start afresh")
+            check_resume(ck.get("config", {}), asdict(cfg), self.ckpt, "router checkpoint")
+            self.state = ck
+        self.step = self.state["step"] if self.state else 0
+        self.elapsed = self.state["elapsed"] if self.state else 0.0
+        self.beta: torch.Tensor | None = None
+        self.acc = {"loss": 0.0, "mse": 0.0, "n": 0}
+
+    def resume_key(self) -> tuple:
+        """Routers train in one pass iff they resume from the same step and random state."""
+        return (self.step, None if self.state is None else bytes(self.state["rng"].numpy()))
+
+
+def _train_group(cfgs: list[RouterConfig], outs: list[Path], progress: bool, *, model: torch.nn.Module | None,
+                 timings: dict[str, list[float]] | None) -> list[Path]:
+    cfg0 = cfgs[0]
+    if cfg0.threads:
+        torch.set_num_threads(cfg0.threads)
+    dev = _device(cfg0.device)
+    runs = [_Run(c, o) for c, o in zip(cfgs, outs)]
+    # the log of each keeps exactly the lines up to the checkpoint resumed from (none without one: a
+    # run killed before its first checkpoint restarts it empty), so no line is ever written twice
+    for r in runs:
+        truncate_jsonl_log(r.out / "train_log.jsonl", r.step)
+    pending = [r for r in runs if r.step < r.cfg.steps]
+    if pending:  # (a router already at its last step only has its files written)
+        if model is None:
+            model = load_model(cfg0.checkpoint, cfg0.model, **cfg0.model_kwargs)
+        model = model.to(dev).eval().requires_grad_(False)
+        env = _Setup(model, cfg0, dev)
+        passes: dict[tuple, list[_Run]] = {}
+        for r in pending:
+            passes.setdefault(r.resume_key(), []).append(r)
+        for group in passes.values():
+            _joint_pass(env, group, progress, timings)
+    written = []
+    for r in runs:
+        beta = r.beta if r.beta is not None else r.state["beta"]
+        router = {"format": ROUTER_FORMAT, "beta": beta.detach().cpu().clone(), "nfe": r.cfg.nfe, "sampler": r.cfg.sampler,
+                  "cache_steps": _cache_steps(r.cfg), "objective": r.cfg.objective, "lam": r.cfg.lam,
+                  "depth": beta.shape[1] // 2, "checkpoint": r.cfg.checkpoint, "steps": r.step}
+        save_torch(router, r.out / "router.pt")
+        if r.cfg.objective != "trajectory":  # the authors' layout has no place for free cache steps
+            export_official(router, r.out / "router_official.pt")
+        together = (r.state or {}).get("trained_with", [r.cfg.lam])
+        write_json(r.out / "record.json", {"config": asdict(r.cfg), "steps": r.step, "wall_time_s": r.elapsed,
+                                           "s_per_1000_it": 1000 * r.elapsed / max(r.step, 1),
+                                           "routers_trained_together": len(together), "trained_with": together,
+                                           "environment": environment_record(dev)})
+        written.append(r.out / "router.pt")
+    return written
+
+
+def _cache_steps(cfg: RouterConfig) -> list[int]:
     # L2C reuses only right after a full step; the trajectory objective lets every step but the first reuse
-    cache_steps = list(range(1, cfg.nfe)) if cfg.objective == "trajectory" else default_cache_steps(cfg.nfe, cfg.sampler)
-    if not cache_steps:
-        raise L2CError(f"NFE {cfg.nfe} has no cache steps")
-    diffusion = ddim_diffusion(model, cfg.nfe)  # the model's own noise schedule and time input (U-ViT: SD betas)
-    coef = diffusion.ddim_coefficients(dev)
-    ts = diffusion.model_timesteps(dev)
-    plan = None
-    if cfg.sampler == "dpm2":
-        from .dpm_solver import dpm2_plan, dpm_defaults
-        d = dpm_defaults(model)
-        plan = dpm2_plan(cfg.nfe, d["noise_schedule"], d["time_input"])
-    gen = torch.Generator().manual_seed(cfg.seed)
-    beta = torch.randn(cfg.nfe, n_sub, generator=gen).to(dev).requires_grad_(True)  # N(0, 1) init
-    opt = torch.optim.AdamW([beta], lr=cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
-    step, elapsed = 0, 0.0
-    ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        ck = load_torch(ckpt, "router checkpoint")
-        if not isinstance(ck, dict) or ck.get("format") != "l2c-suite/router-state":
-            raise L2CError(f"router checkpoint {ckpt}: not a router training state; delete it to start afresh")
-        check_resume(ck.get("config", {}), asdict(cfg), ckpt, "router checkpoint")
-        with torch.no_grad():
-            beta.copy_(ck["beta"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["rng"])
-        step, elapsed = ck["step"], ck["elapsed"]
-    # the log keeps exactly the lines up to the checkpoint resumed from (none without one: a run
-    # killed before its first checkpoint restarts it empty), so no line is ever written twice
-    truncate_jsonl_log(out / "train_log.jsonl", step)
+    return list(range(1, cfg.nfe)) if cfg.objective == "trajectory" else default_cache_steps(cfg.nfe, cfg.sampler)
 
-    engine = CacheEngine(model)
-    steps_t = torch.tensor(cache_steps)
-    log_f = open(out / "train_log.jsonl", "a")
-    bar = tqdm(total=cfg.steps, initial=step, disable=not progress, desc=f"router λ={cfg.lam:g}", unit="it")
-    t0, acc = time.time(), {"loss": 0.0, "mse": 0.0, "n": 0}
-    with engine.installed():
-        while step < cfg.steps:
-            opt.zero_grad(set_to_none=True)
-            if cfg.objective == "trajectory":
-                loss_v, mse_v = _trajectory_iteration(model, engine, beta, cfg, diffusion, coef, ts, gen)
-            else:
-                loss_v, mse_v = _single_step_iteration(model, engine, beta, cfg, data, diffusion, coef, ts, gen, plan,
-                                                       steps_t, timings)
-            with _phase(timings, "optimizer", dev):
-                opt.step()
-                if cfg.clamp is not None:
-                    with torch.no_grad():
-                        beta.clamp_(-cfg.clamp, cfg.clamp)
-            engine.cache.clear()
-            step += 1
-            acc["loss"] += loss_v
-            acc["mse"] += mse_v
-            acc["n"] += 1
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                with torch.no_grad():
-                    probs = torch.sigmoid(beta[cache_steps])
-                rec = {"step": step, "loss": acc["loss"] / acc["n"], "mse": acc["mse"] / acc["n"],
-                       "elapsed_s": elapsed + time.time() - t0,
-                       "active": {f"{th:g}": int((probs > th).sum()) for th in cfg.thetas},
-                       "cache_sublayers": len(cache_steps) * n_sub}
-                log_f.write(json.dumps(rec) + "\n")
-                log_f.flush()
-                bar.set_postfix(loss=f"{rec['loss']:.3g}", active=rec["active"].get("0.5"))
-                acc = {"loss": 0.0, "mse": 0.0, "n": 0}
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                elapsed += time.time() - t0
-                t0 = time.time()
-                save_torch({"format": "l2c-suite/router-state", "config": asdict(cfg), "beta": beta.detach().cpu().clone(),
-                            "opt": opt.state_dict(), "rng": gen.get_state(), "step": step, "elapsed": elapsed}, ckpt)
-    bar.close()
-    log_f.close()
-    router = {"format": ROUTER_FORMAT, "beta": beta.detach().cpu().clone(), "nfe": cfg.nfe, "sampler": cfg.sampler,
-              "cache_steps": cache_steps, "objective": cfg.objective, "lam": cfg.lam, "depth": depth,
-              "checkpoint": cfg.checkpoint, "steps": step}
-    save_torch(router, out / "router.pt")
-    if cfg.objective != "trajectory":  # the authors' layout has no place for free cache steps
-        export_official(router, out / "router_official.pt")
-    write_json(out / "record.json", {"config": asdict(cfg), "steps": step, "wall_time_s": elapsed,
-                                     "s_per_1000_it": 1000 * elapsed / max(step, 1), "environment": environment_record(dev)})
-    return out / "router.pt"
+
+class _Setup:
+    """What every router of a joint pass shares: the model, data, noise schedule and cache steps."""
+
+    def __init__(self, model: torch.nn.Module, cfg: RouterConfig, dev: torch.device):
+        self.model, self.cfg, self.dev = model, cfg, dev
+        self.data = None if cfg.objective == "trajectory" else load_dataset(cfg.data)  # trajectory training is image-free
+        self.n_sub = num_sublayers(model)
+        self.cache_steps = _cache_steps(cfg)
+        if not self.cache_steps:
+            raise L2CError(f"NFE {cfg.nfe} has no cache steps")
+        self.diffusion = ddim_diffusion(model, cfg.nfe)  # the model's own noise schedule and time input (U-ViT: SD betas)
+        self.coef = self.diffusion.ddim_coefficients(dev)
+        self.ts = self.diffusion.model_timesteps(dev)
+        self.plan = None
+        if cfg.sampler == "dpm2":
+            from .dpm_solver import dpm2_plan, dpm_defaults
+            d = dpm_defaults(model)
+            self.plan = dpm2_plan(cfg.nfe, d["noise_schedule"], d["time_input"])
+        self.steps_t = torch.tensor(self.cache_steps)
+        self.engine = CacheEngine(model)
+
+
+def _joint_pass(env: _Setup, runs: list[_Run], progress: bool, timings: dict[str, list[float]] | None) -> None:
+    """Train ``runs`` (same step, same random state) together to their last step."""
+    cfg0, dev = runs[0].cfg, env.dev
+    gen = torch.Generator().manual_seed(cfg0.seed)
+    beta0 = torch.randn(cfg0.nfe, env.n_sub, generator=gen)  # N(0, 1) init, the same for every lambda
+    if runs[0].state is not None:
+        gen.set_state(runs[0].state["rng"])
+    lams = [r.cfg.lam for r in runs]
+    opts = []
+    for r in runs:
+        r.beta = (r.state["beta"] if r.state else beta0).clone().to(dev).requires_grad_(True)
+        opt = torch.optim.AdamW([r.beta], lr=r.cfg.lr, betas=(0.9, 0.999), weight_decay=0.0)
+        if r.state:
+            opt.load_state_dict(r.state["opt"])
+        opts.append(opt)
+    logs = [open(r.out / "train_log.jsonl", "a") for r in runs]
+    step = runs[0].step
+    bar = tqdm(total=cfg0.steps, initial=step, disable=not progress, unit="it",
+               desc=f"router{'s' if len(runs) > 1 else ''} λ={','.join(f'{lam:g}' for lam in lams)}")
+    t0 = time.time()
+    try:
+        with env.engine.installed():
+            while step < cfg0.steps:
+                for opt in opts:
+                    opt.zero_grad(set_to_none=True)
+                if cfg0.objective == "trajectory":
+                    res = _trajectory_iteration(env, runs, gen)
+                else:
+                    res = _single_step_iteration(env, runs, gen, timings)
+                step += 1
+                for r, opt, (loss_v, mse_v) in zip(runs, opts, res):
+                    with _phase(timings, "optimizer", dev):
+                        opt.step()
+                        if r.cfg.clamp is not None:
+                            with torch.no_grad():
+                                r.beta.clamp_(-r.cfg.clamp, r.cfg.clamp)
+                    r.step = step
+                    r.acc["loss"] += loss_v
+                    r.acc["mse"] += mse_v
+                    r.acc["n"] += 1
+                bar.update(1)
+                if step % cfg0.log_every == 0 or step == cfg0.steps:
+                    for r, f in zip(runs, logs):
+                        with torch.no_grad():
+                            probs = torch.sigmoid(r.beta[env.cache_steps])
+                        rec = {"step": step, "loss": r.acc["loss"] / r.acc["n"], "mse": r.acc["mse"] / r.acc["n"],
+                               "elapsed_s": r.elapsed + time.time() - t0,
+                               "active": {f"{th:g}": int((probs > th).sum()) for th in r.cfg.thetas},
+                               "cache_sublayers": len(env.cache_steps) * env.n_sub}
+                        f.write(json.dumps(rec) + "\n")
+                        f.flush()
+                        r.acc = {"loss": 0.0, "mse": 0.0, "n": 0}
+                    bar.set_postfix(loss=f"{rec['loss']:.3g}", active=rec["active"].get("0.5"))
+                if step % cfg0.ckpt_every == 0 or step == cfg0.steps:
+                    now = time.time()
+                    for r, opt in zip(runs, opts):
+                        r.elapsed += now - t0
+                        save_torch({"format": "l2c-suite/router-state", "config": asdict(r.cfg),
+                                    "beta": r.beta.detach().cpu().clone(), "opt": opt.state_dict(), "rng": gen.get_state(),
+                                    "step": step, "elapsed": r.elapsed, "trained_with": lams}, r.ckpt)
+                    t0 = now
+    finally:
+        bar.close()
+        for f in logs:
+            f.close()
+    for r in runs:
+        r.state = {**(r.state or {}), "trained_with": lams}
 
 
 def _device(name: str) -> torch.device:
@@ -214,20 +312,23 @@ def _drop_labels(y: torch.Tensor, null: int, p: float, gen: torch.Generator) -> 
     return torch.where(torch.rand(y.shape[0], generator=gen) < p, torch.full_like(y, null), y)
 
 
-def _single_step_iteration(model, engine, beta, cfg, data, diffusion, coef, ts, gen, plan, steps_t,
-                           timings=None) -> tuple[float, float]:
-    """One L2C / learning-to-drop iteration (see the module docstring); backpropagates, returns (loss, mse).
-    Random draws come from the CPU generator ``gen`` (the same run on any device), tensors live on
-    ``beta``'s device."""
-    C, B, dev = model.in_channels, cfg.batch_size, beta.device
-    depth = beta.shape[1] // 2
+def _single_step_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator,
+                           timings: dict[str, list[float]] | None = None) -> list[tuple[float, float]]:
+    """One L2C / learning-to-drop iteration of every router in ``runs`` (see the module docstring):
+    the draws, the cache fill and the teacher once, then each router's student and backward.
+    Returns (loss, mse) per router. Random draws come from the CPU generator ``gen`` (the same run
+    on any device), tensors live on the routers' device."""
+    model, engine, cfg, dev = env.model, env.engine, env.cfg, env.dev
+    C, B = model.in_channels, cfg.batch_size
+    depth = env.n_sub // 2
+    diffusion, coef, ts, plan = env.diffusion, env.coef, env.ts, env.plan
     with _phase(timings, "data", dev):
-        m = int(steps_t[torch.randint(len(steps_t), (1,), generator=gen)])  # cache step (sampling order)
-        x0, y = data.batch(torch.randint(len(data), (B,), generator=gen))
+        m = int(env.steps_t[torch.randint(len(env.steps_t), (1,), generator=gen)])  # cache step (sampling order)
+        x0, y = env.data.batch(torch.randint(len(env.data), (B,), generator=gen))
         y = _drop_labels(y, model.num_classes, cfg.label_dropout, gen).to(dev)
         x0 = x0.to(dev)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
-    fill = "fill" if cfg.objective == "cache" else "off"
+    fill = "fill" if any(r.cfg.objective == "cache" for r in runs) else "off"
     with torch.no_grad():
         with _phase(timings, "cache_fill", dev):
             if plan is None:  # DDIM: full step s = m-1 (respaced index i_s) -> cache step m
@@ -245,64 +346,79 @@ def _single_step_iteration(model, engine, beta, cfg, data, diffusion, coef, ts, 
                 t_m = torch.full((B,), plan.steps[m // 2].model_t_s, device=dev)
         with _phase(timings, "teacher", dev):
             teacher = engine(model, x_m, t_m, y, step=m, mode="off")
-    with _phase(timings, "student", dev):
-        r = _reuse_weights(beta[m], cfg).reshape(depth, 2)
-        student = engine(model, x_m, t_m, y, step=m, mode="mix" if cfg.objective == "cache" else "drop-mix", mix=r)
-        sq = (student - teacher).pow(2)
-        mse = sq.mean() if cfg.reduction == "mean" else sq.flatten(1).sum(1).mean()
-        loss = mse + cfg.lam * torch.sigmoid(beta[m]).sum()
-    with _phase(timings, "backward", dev):
-        loss.backward()
-        loss_v, mse_v = loss.item(), mse.item()
+    out = []
+    for run in runs:
+        rc, beta = run.cfg, run.beta
+        with _phase(timings, "student", dev):
+            r = _reuse_weights(beta[m], rc).reshape(depth, 2)
+            student = engine(model, x_m, t_m, y, step=m, mode="mix" if rc.objective == "cache" else "drop-mix", mix=r)
+            sq = (student - teacher).pow(2)
+            mse = sq.mean() if rc.reduction == "mean" else sq.flatten(1).sum(1).mean()
+            loss = mse + rc.lam * torch.sigmoid(beta[m]).sum()
+        with _phase(timings, "backward", dev):
+            loss.backward()
+            out.append((loss.item(), mse.item()))
     engine.cache.clear()
-    return loss_v, mse_v
+    return out
 
 
-def _trajectory_iteration(model, engine, beta, cfg, diffusion, coef, ts, gen) -> tuple[float, float]:
-    """One trajectory-trained iteration (HarmoniCa-style, image-free): from fresh noise, the teacher
-    samples fully while the student samples with the soft router on its own trajectory (so each step
-    sees the cache errors of the steps before it; soft caches of any age via ``mix-update``). Loss =
-    mean over steps k >= 1 of ||x0_student(k) - x0_teacher(k)||^2 (the predicted clean image, a proxy
-    of the final-image error) + lambda * mean_k sum_j sigmoid(beta[k][j]). States are detached
-    between steps (truncated backpropagation), so each step's graph is freed after its backward.
-    ``cfg.trajectory_loss == "final"``: the loss is the final image's error ||x_student - x_teacher||^2
-    + the same penalty, backpropagated through the whole student trajectory (the states are not
-    detached; the cached values are), in one backward at the end."""
-    C, B, n, dev = model.in_channels, cfg.batch_size, cfg.nfe, beta.device
-    depth = beta.shape[1] // 2
+def _trajectory_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator) -> list[tuple[float, float]]:
+    """One trajectory-trained iteration (HarmoniCa-style, image-free) of every router in ``runs``:
+    from fresh noise, the teacher samples fully (once) while each router's student samples with its
+    soft router on its own trajectory (so each step sees the cache errors of the steps before it;
+    soft caches of any age via ``mix-update``). Loss = mean over steps k >= 1 of
+    ||x0_student(k) - x0_teacher(k)||^2 (the predicted clean image, a proxy of the final-image error)
+    + lambda * mean_k sum_j sigmoid(beta[k][j]). States are detached between steps (truncated
+    backpropagation), so each step's graph is freed after its backward. ``trajectory_loss ==
+    "final"``: the loss is the final image's error ||x_student - x_teacher||^2 + the same penalty,
+    backpropagated through the whole student trajectory (the states are not detached; the cached
+    values are), in one backward at the end. Returns (loss, mse) per router."""
+    model, engine, cfg, dev = env.model, env.engine, env.cfg, env.dev
+    C, B, n = model.in_channels, cfg.batch_size, cfg.nfe
+    depth = env.n_sub // 2
+    diffusion, coef, ts = env.diffusion, env.coef, env.ts
     x = torch.randn(B, C, model.input_size, model.input_size, generator=gen).to(dev)
     y = _drop_labels(torch.randint(model.num_classes, (B,), generator=gen), model.num_classes, cfg.label_dropout, gen).to(dev)
-    xs = xt = x
     final = cfg.trajectory_loss == "final"
-    tot_loss = tot_mse = 0.0
-    penalty = 0.0
-    for k in range(n):
-        i = n - 1 - k
-        t = ts[i].expand(B)
-        with torch.no_grad():
-            xt_next, x0_t = diffusion.ddim_step(xt, engine(model, xt, t, y, step=k, mode="off")[:, :C], i, coef)
-        if k == 0:
-            with torch.no_grad():
-                xs_next, _ = diffusion.ddim_step(xs, engine(model, xs, t, y, step=0, mode="fill")[:, :C], i, coef)
-        else:
-            r = _reuse_weights(beta[k], cfg).reshape(depth, 2)
-            xs_next, x0_s = diffusion.ddim_step(xs, engine(model, xs, t, y, step=k, mode="mix-update", mix=r)[:, :C], i, coef)
-            if final:
-                penalty = penalty + cfg.lam * torch.sigmoid(beta[k]).sum() / (n - 1)
+    teacher_x0: list[torch.Tensor] = []
+    xt = x
+    with torch.no_grad():
+        for k in range(n):
+            i = n - 1 - k
+            xt, x0_t = diffusion.ddim_step(xt, engine(model, xt, ts[i].expand(B), y, step=k, mode="off")[:, :C], i, coef)
+            teacher_x0.append(x0_t)
+    out = []
+    for run in runs:
+        rc, beta = run.cfg, run.beta
+        xs = x
+        tot_loss = tot_mse = 0.0
+        penalty = 0.0
+        for k in range(n):
+            i = n - 1 - k
+            t = ts[i].expand(B)
+            if k == 0:
+                with torch.no_grad():
+                    xs_next, _ = diffusion.ddim_step(xs, engine(model, xs, t, y, step=0, mode="fill")[:, :C], i, coef)
             else:
-                mse = (x0_s - x0_t).pow(2).mean()
-                loss = (mse + cfg.lam * torch.sigmoid(beta[k]).sum()) / (n - 1)
-                loss.backward()
-                tot_loss += loss.item()
-                tot_mse += mse.item() / (n - 1)
-        xs, xt = (xs_next if final else xs_next.detach()), xt_next
-    if final:
-        mse = (xs - xt).pow(2).mean()
-        loss = mse + penalty
-        loss.backward()
-        tot_loss, tot_mse = loss.item(), mse.item()
-    engine.cache.clear()
-    return tot_loss, tot_mse
+                r = _reuse_weights(beta[k], rc).reshape(depth, 2)
+                xs_next, x0_s = diffusion.ddim_step(xs, engine(model, xs, t, y, step=k, mode="mix-update", mix=r)[:, :C], i, coef)
+                if final:
+                    penalty = penalty + rc.lam * torch.sigmoid(beta[k]).sum() / (n - 1)
+                else:
+                    mse = (x0_s - teacher_x0[k]).pow(2).mean()
+                    loss = (mse + rc.lam * torch.sigmoid(beta[k]).sum()) / (n - 1)
+                    loss.backward()
+                    tot_loss += loss.item()
+                    tot_mse += mse.item() / (n - 1)
+            xs = xs_next if final else xs_next.detach()
+        if final:
+            mse = (xs - xt).pow(2).mean()
+            loss = mse + penalty
+            loss.backward()
+            tot_loss, tot_mse = loss.item(), mse.item()
+        engine.cache.clear()
+        out.append((tot_loss, tot_mse))
+    return out
 
 
 def export_official(router: dict, path: str | os.PathLike) -> None:

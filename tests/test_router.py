@@ -55,6 +55,50 @@ def test_router_resume_equals_uninterrupted(tiny_ckpt, tmp_path):
     assert torch.equal(ck["beta"], load_router(resumed)["beta"])
 
 
+@pytest.mark.parametrize("kind", ["single-step", "trajectory"])
+def test_routers_trained_together_equal_routers_trained_alone(tiny_ckpt, tmp_path, kind):
+    """One joint pass (shared draws, cache fill and teacher) gives every router bit for bit what
+    training it alone gives, including a learning-to-drop router beside L2C ones and a joint run
+    resumed from its checkpoints; a finished router is only rewritten from its checkpoint."""
+    from l2c.router import train_routers
+    if kind == "trajectory":
+        members = [dict(objective="trajectory", trajectory_loss="final", lam=1e-3), dict(objective="trajectory", lam=0.05)]
+        common = dict(nfe=5, steps=6, batch_size=4, log_every=2, ckpt_every=3)
+        members[1]["trajectory_loss"] = "final"
+    else:
+        members = [dict(objective="cache", lam=1e-3), dict(objective="cache", lam=0.3), dict(objective="drop", lam=0.01)]
+        common = dict(steps=24, ckpt_every=12, log_every=6)
+    cfgs = [cfg_for(tiny_ckpt, **common, **mem) for mem in members]
+    joint = train_routers(cfgs, [tmp_path / f"j{i}" for i in range(len(cfgs))], progress=False)
+    alone = [train_router(c, tmp_path / f"a{i}", progress=False) for i, c in enumerate(cfgs)]
+    betas = [load_router(p)["beta"] for p in joint]
+    for j, a in zip(joint, alone):
+        assert torch.equal(load_router(j)["beta"], load_router(a)["beta"])
+        assert (j.parent / "train_log.jsonl").read_text().count("\n") == (a.parent / "train_log.jsonl").read_text().count("\n")
+    assert not torch.equal(betas[0], betas[1])  # the lambdas did train different routers
+    rec = json.loads((joint[1].parent / "record.json").read_text())
+    assert rec["routers_trained_together"] == len(cfgs) and rec["trained_with"] == [c.lam for c in cfgs]
+    # resumed together from the mid-run checkpoints of a shorter joint run: the same routers
+    half = [RouterConfig(**{**c.__dict__, "steps": common["ckpt_every"]}) for c in cfgs]
+    outs = [tmp_path / f"r{i}" for i in range(len(cfgs))]
+    train_routers(half, outs, progress=False)
+    for o in outs:
+        ck = torch.load(o / "checkpoint.pt", weights_only=False)
+        ck["config"]["steps"] = common["steps"]
+        torch.save(ck, o / "checkpoint.pt")
+    for o, b in zip(train_routers(cfgs, outs, progress=False), betas):
+        assert torch.equal(load_router(o)["beta"], b)
+    # a finished router: its files are rewritten from the checkpoint without loading the model
+    (joint[1]).unlink()
+    cfg = RouterConfig(**{**cfgs[1].__dict__, "checkpoint": str(tmp_path / "absent.pt")})
+    ck = torch.load(joint[1].parent / "checkpoint.pt", weights_only=False)
+    ck["config"]["checkpoint"] = cfg.checkpoint
+    torch.save(ck, joint[1].parent / "checkpoint.pt")
+    assert torch.equal(load_router(train_router(cfg, joint[1].parent, progress=False))["beta"], betas[1])
+    with pytest.raises(L2CError, match=r"differ only in lambda.*\['lr'\]"):
+        train_routers([cfgs[0], RouterConfig(**{**cfgs[1].__dict__, "lr": 0.5})], [tmp_path / "x", tmp_path / "y"], progress=False)
+
+
 def test_official_export_roundtrip(tiny_ckpt, tmp_path):
     r = train_router(cfg_for(tiny_ckpt, lam=0.3, steps=30), tmp_path / "r", progress=False)
     ours = load_schedule_from_router(r, 0.5)
@@ -238,24 +282,21 @@ def test_router_device_and_random_data_errors(tiny_ckpt, tmp_path):
         load_dataset("random:8x8:10")
 
 
-def test_trajectory_final_loss_reaches_every_step(tiny_ckpt):
+def test_trajectory_final_loss_reaches_every_step(tiny_ckpt, tmp_path):
     """The final-image variant backpropagates through the whole student trajectory: the router logits
     of the first cache step get a gradient from the last image's error alone (lambda 0)."""
-    from l2c.cache import CacheEngine
-    from l2c.diffusion import Diffusion
-    from l2c.router import _trajectory_iteration
-    m = load_model(tiny_ckpt)
-    diff = Diffusion.create(5)
+    from l2c.router import _Run, _Setup, _trajectory_iteration
+    m = load_model(tiny_ckpt).requires_grad_(False)
     grads = {}
     for loss in ("x0", "final"):
         cfg = RouterConfig(objective="trajectory", trajectory_loss=loss, nfe=5, lam=0.0, batch_size=3)
-        beta = torch.zeros(5, 8, requires_grad=True)
-        engine = CacheEngine(m)
-        with engine.installed():
-            _, mse = _trajectory_iteration(m, engine, beta, cfg, diff, diff.ddim_coefficients("cpu"), diff.model_timesteps(),
-                                           torch.Generator().manual_seed(0))
+        env = _Setup(m, cfg, torch.device("cpu"))
+        run = _Run(cfg, tmp_path)
+        run.beta = torch.zeros(5, 8, requires_grad=True)
+        with env.engine.installed():
+            [(_, mse)] = _trajectory_iteration(env, [run], torch.Generator().manual_seed(0))
         assert mse > 0
-        grads[loss] = beta.grad.clone()
+        grads[loss] = run.beta.grad.clone()
     assert grads["final"][1].abs().sum() > 0 and grads["final"][0].abs().sum() == 0  # step 0 never reuses
     assert not torch.allclose(grads["final"], grads["x0"])
     with pytest.raises(L2CError, match="trajectory_loss 'img'"):

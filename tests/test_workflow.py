@@ -313,6 +313,8 @@ def test_smoke_end_to_end(tmp_path):
         assert df[col].notna().all(), col
     assert (df.loc[df["family"] != "full", "paired_with"].notna()).all()
     assert (df.loc[df["family"] == "l2c", "router_train_s"] > 0).all()
+    # the L2C and learning-to-drop routers trained in one job (the drop router's job only wrote its files)
+    assert df.loc[df["family"].isin(["l2c", "drop"]), "routers_per_run"].eq(2).all()
     assert df["backend"].eq("digits").all()
     fewer = df[df["family"] == "fewer"].iloc[0]
     assert fewer["nfe_sampled"] <= fewer["nfe"]

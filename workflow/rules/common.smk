@@ -61,6 +61,7 @@ TABLE_NOTE = ("REHEARSAL (config/rehearsal.yaml): random stand-in weights and in
 
 CELL = {(c.model, c.nfe, c.method): c for c in CELLS}
 ROUTERS = {(m, n, cells.router_id(o, lam)): (o, lam) for m, n, o, lam in cells.routers(CFG)}
+ROUTER_PASSES = cells.router_passes(CFG)  # (model, nfe, rid) -> the rids its job trains, the first trains them
 NFES = [(c.model, c.nfe) for c in CELLS if c.family == "full"]
 
 
@@ -222,11 +223,20 @@ def cell_inputs(wildcards):
     return inputs
 
 
+def router_pass(wildcards):
+    """A router trained in another router's job: that job's router (the files are then only written)."""
+    first = ROUTER_PASSES[(wildcards.model, int(wildcards.nfe), wildcards.rid)][0]
+    return [] if first == wildcards.rid else [f"{W}/{wildcards.model}/nfe{wildcards.nfe}/routers/{first}/router.pt"]
+
+
 def router_params(wildcards):
-    objective, lam = ROUTERS[(wildcards.model, int(wildcards.nfe), wildcards.rid)]
-    s = CFG["models"][wildcards.model]["nfe"][int(wildcards.nfe)]
+    model, nfe, rid = wildcards.model, int(wildcards.nfe), wildcards.rid
+    objective, lam = ROUTERS[(model, nfe, rid)]
+    s = CFG["models"][model]["nfe"][nfe]
     opts = dict(s["trajectory_router"] if objective == "trajectory" else s["router"])
-    return {"objective": objective, "lam": lam, "opts": opts}
+    rids = ROUTER_PASSES[(model, nfe, rid)]
+    companions = [(*ROUTERS[(model, nfe, r)], f"{W}/{model}/nfe{nfe}/routers/{r}") for r in rids[1:]] if rids[0] == rid else []
+    return {"objective": objective, "lam": lam, "opts": opts, "companions": companions}
 
 
 def main_router(model, nfe):

@@ -56,6 +56,7 @@ rule train_router:
     input:
         ckpt=checkpoint_of,
         data=router_data,
+        trained_with=router_pass,
     output:
         router=f"{W}/{{model}}/nfe{{nfe}}/routers/{{rid}}/router.pt",
         record=f"{R}/{{model}}/nfe{{nfe}}/routers/{{rid}}.json",
@@ -67,6 +68,7 @@ rule train_router:
         f"{W}/logs/train_router/{{model}}-nfe{{nfe}}-{{rid}}.log",
     benchmark:
         f"{W}/benchmarks/train_router/{{model}}-nfe{{nfe}}-{{rid}}.tsv"
+    priority: 10  # the longest jobs, and most cells wait for them: start them first
     threads: THREADS
     resources:
         gpu=GPU,
