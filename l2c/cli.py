@@ -399,7 +399,8 @@ def cmd_profile(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from .metrics.evaluate import evaluate, write_evaluation
     res = evaluate(a.samples, a.ref, backend=a.backend, weights=a.weights, batch_size=a.batch_size, device=a.device,
-                   paired_with=a.paired_with, kid=not a.no_kid, allow_download=a.allow_download, cleanfid=a.cleanfid)
+                   paired_with=a.paired_with, kid=not a.no_kid, allow_download=a.allow_download, cleanfid=a.cleanfid,
+                   feature_cache=a.feature_cache)
     if a.out:
         write_evaluation(res, a.out)
     keys = ("inception_score", "fid", "sfid", "precision", "recall", "kid_mean")
@@ -637,6 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cleanfid", default="full", choices=["full", "frechet"],
                    help="clean-fid cross-check of the FID: its feature loop with our network and its Frechet distance "
                         "(full), or its Frechet distance on our statistics only (frechet)")
+    p.add_argument("--feature-cache", dest="feature_cache",
+                   help="folder keeping the reference features by content (reference sha256, extractor, batch, device), "
+                        "so evaluations sharing a reference extract them once")
 
     p = sub.add_parser("reference", help="write the digits reference split as an ADM reference batch")
     p.add_argument("--out", required=True)

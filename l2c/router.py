@@ -10,15 +10,19 @@ Labels are dropped to the null class with p = 0.1 for both passes; AdamW lr 1e-3
 of the logits to [-c, c] after every step (DiT: 5) and optional straight-through threshold.
 
 ``objective="drop"`` trains Learning-to-Drop (paper Tables 5/7): the same loss, but the student's
-branch is (1-r)*fresh, i.e. a skipped branch contributes nothing instead of its cached value."""
+branch is (1-r)*fresh, i.e. a skipped branch contributes nothing instead of its cached value.
+
+``train_routers`` trains several lambdas (and L2C beside learning-to-drop) in one pass: the draws,
+the cache fill and the teacher of an iteration do not depend on the router, so they run once and
+only the students, backwards and optimizer steps run per router; each router is bit-identical to
+training it alone."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,10 +105,15 @@ def train_routers(cfgs: list[RouterConfig], out_dirs: list[str | os.PathLike], p
     the teacher trajectory for the trajectory objective) once, then each router's student, backward
     and AdamW step. The draws and the shared passes do not depend on any router, so each router is
     bit-identical to training it alone, for a fraction of the cost. Routers whose checkpoints stand
-    at different steps resume in separate passes; a router already at its last step is only written."""
+    at different steps resume in separate passes. A router already at its last step is not trained
+    again: the first one's files are rewritten from its checkpoint, the others' are left as they
+    are (so a workflow rerun of one router's job does not touch the files of the others)."""
     if len(cfgs) != len(out_dirs) or not cfgs:
         raise L2CError("train_routers: expected one output folder per router config")
+    shared = joint_key(cfgs[0])
     for cfg in cfgs:
+        if cfg.steps < 1:
+            raise L2CError(f"router steps {cfg.steps}: expected at least 1")
         if cfg.sampler not in ("ddim", "dpm2"):
             raise L2CError(f"router training for sampler {cfg.sampler!r}: expected ddim or dpm2")
         if cfg.objective not in OBJECTIVES:
@@ -113,14 +122,14 @@ def train_routers(cfgs: list[RouterConfig], out_dirs: list[str | os.PathLike], p
             raise L2CError("the trajectory objective is implemented for the ddim sampler")
         if cfg.trajectory_loss not in ("x0", "final"):
             raise L2CError(f"trajectory_loss {cfg.trajectory_loss!r}: expected x0 or final")
-        diff = sorted(k for k, v in joint_key(cfg).items() if joint_key(cfgs[0])[k] != v)
+        diff = sorted(k for k, v in joint_key(cfg).items() if shared[k] != v)
         if diff:
             raise L2CError(f"routers trained together must differ only in lambda (and cache vs drop); "
                            f"lambda {cfg.lam:g} ({cfg.objective}) differs from lambda {cfgs[0].lam:g} in {diff}")
     outs = [Path(o) for o in out_dirs]
     if len({o.resolve() for o in outs}) != len(outs):
         raise L2CError(f"train_routers: two routers share an output folder ({[str(o) for o in outs]})")
-    with contextlib.ExitStack() as stack:
+    with ExitStack() as stack:
         for out in outs:
             out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(exclusive_run(out, "router training folder"))  # a second run into a folder is refused
@@ -173,7 +182,10 @@ def _train_group(cfgs: list[RouterConfig], outs: list[Path], progress: bool, *, 
         for group in passes.values():
             _joint_pass(env, group, progress, timings)
     written = []
-    for r in runs:
+    for i, r in enumerate(runs):
+        if i and r.beta is None:  # finished before this call: its files are its own job's
+            written.append(r.out / "router.pt")
+            continue
         beta = r.beta if r.beta is not None else r.state["beta"]
         router = {"format": ROUTER_FORMAT, "beta": beta.detach().cpu().clone(), "nfe": r.cfg.nfe, "sampler": r.cfg.sampler,
                   "cache_steps": _cache_steps(r.cfg), "objective": r.cfg.objective, "lam": r.cfg.lam,
@@ -181,7 +193,7 @@ def _train_group(cfgs: list[RouterConfig], outs: list[Path], progress: bool, *, 
         save_torch(router, r.out / "router.pt")
         if r.cfg.objective != "trajectory":  # the authors' layout has no place for free cache steps
             export_official(router, r.out / "router_official.pt")
-        together = (r.state or {}).get("trained_with", [r.cfg.lam])
+        together = (r.state or {}).get("trained_with", [[r.cfg.objective, r.cfg.lam]])
         write_json(r.out / "record.json", {"config": asdict(r.cfg), "steps": r.step, "wall_time_s": r.elapsed,
                                            "s_per_1000_it": 1000 * r.elapsed / max(r.step, 1),
                                            "routers_trained_together": len(together), "trained_with": together,
@@ -225,6 +237,7 @@ def _joint_pass(env: _Setup, runs: list[_Run], progress: bool, timings: dict[str
     if runs[0].state is not None:
         gen.set_state(runs[0].state["rng"])
     lams = [r.cfg.lam for r in runs]
+    together = [[r.cfg.objective, r.cfg.lam] for r in runs]
     opts = []
     for r in runs:
         r.beta = (r.state["beta"] if r.state else beta0).clone().to(dev).requires_grad_(True)
@@ -276,14 +289,14 @@ def _joint_pass(env: _Setup, runs: list[_Run], progress: bool, timings: dict[str
                         r.elapsed += now - t0
                         save_torch({"format": "l2c-suite/router-state", "config": asdict(r.cfg),
                                     "beta": r.beta.detach().cpu().clone(), "opt": opt.state_dict(), "rng": gen.get_state(),
-                                    "step": step, "elapsed": r.elapsed, "trained_with": lams}, r.ckpt)
+                                    "step": step, "elapsed": r.elapsed, "trained_with": together}, r.ckpt)
                     t0 = now
     finally:
         bar.close()
         for f in logs:
             f.close()
     for r in runs:
-        r.state = {**(r.state or {}), "trained_with": lams}
+        r.state = {**(r.state or {}), "trained_with": together}
 
 
 def _device(name: str) -> torch.device:

@@ -426,6 +426,36 @@ def test_evaluate_train_split_has_positive_fid(digits_files):
     assert "kid_mean" not in r
 
 
+def test_reference_feature_cache_gives_the_same_evaluation(digits_files, tmp_path):
+    """The first evaluation through a feature cache extracts and caches the reference features, the
+    second reads them: same numbers as without a cache. A damaged cache file or a changed reference
+    is never used; the extractor is not even run over a cached reference."""
+    from l2c.metrics import evaluate as E
+    cache = tmp_path / "cache"
+    samples, ref = digits_files / "train.npz", digits_files / "ref.npz"
+    plain = E.evaluate(samples, ref, kid=False, cleanfid="frechet")
+    first = E.evaluate(samples, ref, kid=False, cleanfid="frechet", feature_cache=cache)
+    [cached] = list(cache.glob("reference-features-*.npz"))
+    assert first["reference_features"].startswith("computed, cached as")
+    calls = []
+    real = E.extract_features
+    E.extract_features = lambda batch, *a, **k: calls.append(batch.path) or real(batch, *a, **k)
+    try:
+        second = E.evaluate(samples, ref, kid=False, cleanfid="frechet", feature_cache=cache)
+    finally:
+        E.extract_features = real
+    assert second["reference_features"] == f"cache {cached}" and calls == [samples]  # only the samples ran
+    for k in ("fid", "sfid", "precision", "recall", "inception_score"):
+        assert plain[k] == first[k] == second[k], k
+    cached.write_bytes(b"damaged")
+    third = E.evaluate(samples, ref, kid=False, cleanfid="frechet", feature_cache=cache)
+    assert third["reference_features"].startswith("computed") and third["fid"] == plain["fid"]
+    other = tmp_path / "ref2.npz"  # another reference (the train split): another key, another file
+    other.write_bytes(samples.read_bytes())
+    fourth = E.evaluate(ref, other, kid=False, cleanfid="frechet", feature_cache=cache)
+    assert fourth["reference_features"].startswith("computed") and len(list(cache.glob("*.npz"))) == 2
+
+
 def test_paired_fidelity_values_and_errors(digits_files, tmp_path):
     from l2c.metrics.evaluate import evaluate, paired_fidelity
     ref = open_npz(digits_files / "ref.npz")

@@ -77,7 +77,12 @@ def test_routers_trained_together_equal_routers_trained_alone(tiny_ckpt, tmp_pat
         assert (j.parent / "train_log.jsonl").read_text().count("\n") == (a.parent / "train_log.jsonl").read_text().count("\n")
     assert not torch.equal(betas[0], betas[1])  # the lambdas did train different routers
     rec = json.loads((joint[1].parent / "record.json").read_text())
-    assert rec["routers_trained_together"] == len(cfgs) and rec["trained_with"] == [c.lam for c in cfgs]
+    assert rec["routers_trained_together"] == len(cfgs) and rec["trained_with"] == [[c.objective, c.lam] for c in cfgs]
+    # the first router's call again: every router is finished; only its own files are rewritten
+    before = [p.stat().st_mtime_ns for p in joint]
+    train_routers(cfgs, [p.parent for p in joint], progress=False)
+    after = [p.stat().st_mtime_ns for p in joint]
+    assert after[0] > before[0] and after[1:] == before[1:]
     # resumed together from the mid-run checkpoints of a shorter joint run: the same routers
     half = [RouterConfig(**{**c.__dict__, "steps": common["ckpt_every"]}) for c in cfgs]
     outs = [tmp_path / f"r{i}" for i in range(len(cfgs))]

@@ -17,6 +17,13 @@ disagreement above 1e-3 is an ``L2CError`` naming both numbers. Cost: one more f
 the samples and one more matrix square root (for 2048-d Inception features, seconds on a GPU
 node's CPU; about a minute on 2 shared cores).
 
+Reference features (``feature_cache``): the reference batch's features can be kept in a folder,
+one ``.npz`` per (sha256 of the reference file, extractor and the sha256 of its weights, layers,
+batch size, device, torch and numpy versions, sha256 of the feature code), so the evaluations of a
+grid that share a reference extract them once. A cached file
+is read without unpickling and used only when its recorded key and shapes match; a missing or
+damaged one is recomputed and rewritten atomically. The features are the same either way.
+
 JSON convention (:func:`write_evaluation`): non-finite numbers are written as ``null``. The only
 expected one is ``paired.psnr_db`` (PSNR of the mean MSE), which is ``inf`` in Python and ``null``
 in JSON when the two files are identical (mean MSE 0). Per-sample PSNRs are capped at
@@ -31,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io import L2CError, environment_record, write_json
+from ..io import L2CError, environment_record, write_json, write_npz
 from . import adm
 from .crosscheck import check_agreement, cleanfid_fid
 from .features import (EMBEDDED_DIGITS_WEIGHTS, INCEPTION_ADM_NAME, AdmInceptionExtractor, DigitsFidelityExtractor,
@@ -94,6 +101,38 @@ def extract_features(batch: NpzBatch, extractor, layers: dict[str, str], batch_s
     return {k: np.concatenate(v, axis=0) for k, v in out.items()}
 
 
+def reference_features(ref: NpzBatch, extractor, layers: dict[str, str], batch_size: int, device: torch.device,
+                       extractor_name: str, weights_sha256: str | None,
+                       cache: str | Path | None) -> tuple[dict[str, np.ndarray], str]:
+    """:func:`extract_features` of the reference batch, through the content-addressed ``cache``
+    folder when given (module docstring). Returns the features and where they came from."""
+    if cache is None:
+        return extract_features(ref, extractor, layers, batch_size, device), "computed"
+    import hashlib
+    import inspect
+    import json
+    code = sorted({inspect.getsourcefile(type(extractor)), __file__})  # the extractor's and this module's code
+    ident = {"reference_sha256": sha256_file(ref.path), "extractor": extractor_name, "weights_sha256": weights_sha256,
+             "layers": layers, "batch_size": batch_size, "device": device.type,
+             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+             "torch": torch.__version__, "numpy": np.__version__, "code": [sha256_file(f) for f in code]}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+    path = Path(cache) / f"reference-features-{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                feats = {k: f[k] for k in layers}
+                ok = str(f["key"].reshape(-1)[0]) == key and all(v.ndim == 2 and len(v) == ref.n for v in feats.values())
+            if ok:
+                return feats, f"cache {path}"
+        except Exception:  # damaged or foreign: recomputed below
+            pass
+    feats = extract_features(ref, extractor, layers, batch_size, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_npz(path, key=np.array(key), **feats)
+    return feats, f"computed, cached as {path}"
+
+
 def paired_fidelity(samples: NpzBatch, full: NpzBatch, batch_size: int = 1000) -> dict:
     """Per-sample MSE of [0, 1]-scaled images against the uncached model's samples (same seeds,
     same order): mean MSE, mean of per-sample PSNR (capped at ``PSNR_CAP_DB``), PSNR of the mean MSE.
@@ -137,13 +176,13 @@ def fid_of(feats: np.ndarray, ref_stats: tuple[np.ndarray, np.ndarray]) -> float
 def evaluate(samples_npz: str | Path, ref_npz: str | Path, backend: str = "digits", weights: str | Path | None = None,
              batch_size: int | None = None, device: str | torch.device = "cpu", paired_with: str | Path | None = None,
              kid: bool = True, split_size: int = 5000, allow_download: bool = False,
-             pr_dtype=np.float32, cleanfid: str = "full") -> dict:
+             pr_dtype=np.float32, cleanfid: str = "full", feature_cache: str | Path | None = None) -> dict:
     """Evaluate ``samples_npz`` against ``ref_npz`` (see the module docstring). Returns a dict with
     ``inception_score``, ``fid``, ``sfid``, ``precision``, ``recall``, ``kid_mean``/``kid_std`` (when
     ``kid``), ``paired`` (when ``paired_with``), and provenance: backend, extractor name with weights
     hash, counts, reference-statistics source, timings, environment; ``fid_cleanfid`` and
     ``cleanfid`` hold clean-fid's recomputation (``cleanfid``: ``full`` or ``frechet``, see the
-    module docstring)."""
+    module docstring); ``feature_cache``: a folder for the reference features (module docstring)."""
     t_start = time.time()
     if backend not in BACKENDS:
         raise L2CError(f"unknown metrics back-end {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -167,7 +206,8 @@ def evaluate(samples_npz: str | Path, ref_npz: str | Path, backend: str = "digit
     fs = extract_features(samples, extractor, layers, batch_size, device)
     timings["features_samples_s"] = time.time() - t
     t = time.time()
-    fr = extract_features(ref, extractor, {"pool": layers["pool"], "spatial": layers["spatial"]}, batch_size, device)
+    fr, fr_source = reference_features(ref, extractor, {"pool": layers["pool"], "spatial": layers["spatial"]}, batch_size,
+                                       device, info["feature_extractor"], info["weights_sha256"], feature_cache)
     timings["features_reference_s"] = time.time() - t
 
     t = time.time()
@@ -230,6 +270,7 @@ def evaluate(samples_npz: str | Path, ref_npz: str | Path, backend: str = "digit
         "image_shape": list(samples.shape[1:]),
         "feature_dims": {k: int(v.shape[1]) for k, v in fs.items()},
         "reference_statistics": sources,
+        "reference_features": fr_source,
         "is_split_size": split_size,
         "is_num_splits": n_splits,
         "is_last_split_size": samples.n - (n_splits - 1) * split_size,

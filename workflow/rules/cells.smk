@@ -102,6 +102,7 @@ rule evaluate:
         paired=paired_arg,
         weights=weights_arg,
         device=device_arg,
+        feature_cache=f"{W}/cache/features",  # reference features, by content: extracted once per reference
     log:
         f"{W}/logs/evaluate/{{model}}-nfe{{nfe}}-{{method}}.log",
     benchmark:
@@ -113,7 +114,7 @@ rule evaluate:
         ENV
     shell:
         "OMP_NUM_THREADS={threads} l2c evaluate {input.samples} --ref {input.ref} --backend {params.backend} "
-        "{params.paired} {params.weights} {params.device} --out {output} > {log} 2>&1"
+        "{params.paired} {params.weights} {params.device} --feature-cache {params.feature_cache} --out {output} > {log} 2>&1"
 
 
 rule latency:

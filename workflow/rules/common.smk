@@ -224,9 +224,11 @@ def cell_inputs(wildcards):
 
 
 def router_pass(wildcards):
-    """A router trained in another router's job: that job's router (the files are then only written)."""
+    """A router trained in another router's job: that job's router, as an order only (``ancient``:
+    a rerun of that job, which leaves the others' files alone, does not rerun this one). The job
+    then writes its files from the checkpoint that job left (or trains alone without one)."""
     first = ROUTER_PASSES[(wildcards.model, int(wildcards.nfe), wildcards.rid)][0]
-    return [] if first == wildcards.rid else [f"{W}/{wildcards.model}/nfe{wildcards.nfe}/routers/{first}/router.pt"]
+    return [] if first == wildcards.rid else [ancient(f"{W}/{wildcards.model}/nfe{wildcards.nfe}/routers/{first}/router.pt")]
 
 
 def router_params(wildcards):
