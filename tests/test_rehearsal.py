@@ -362,16 +362,16 @@ def test_rehearsal_slice_runs_the_paper_specific_rules(tmp_path):
 # -- the whole rehearsal (opt-in) ---------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("L2C_REHEARSAL") != "1", reason="the whole rehearsal takes ~13 min on 2 CPU cores; "
+@pytest.mark.skipif(os.environ.get("L2C_REHEARSAL") != "1", reason="the whole rehearsal takes ~8 min on 2 CPU cores; "
                     "L2C_REHEARSAL=1 runs it (see the docstring)")
 def test_rehearsal_end_to_end(tmp_path):
     """`snakemake --cores 2 --configfile config/rehearsal.yaml`: stand-ins, encode-latents, profiles,
     18 routers, 95 cells (2-job sampling fan-out + merge with VAE decoding, inception-adm evaluation
     with FID/sFID/IS/P/R/paired PSNR and the clean-fid cross-check, latency), 10 tables with the paper's
     values beside the paper cells, every figure, the report. Measured on 2 CPU cores with the job
-    server and the official routers: 757 jobs in 13 min 21 s (the 95 Inception evaluations 705 s of
-    job time, ~200 s outside the jobs; docs/workflow.md), over the suite's
-    budget, hence opt-in; the official routers are used where ../shared holds them."""
+    server, the reference-feature cache and the official routers: 757 jobs in 7 min 40 s (the 95
+    Inception evaluations 384 s of job time; docs/workflow.md), over the suite's budget beside the
+    other tests, hence opt-in; the official routers are used where ../shared holds them."""
     cfg = load(REHEARSAL)
     if not ROUTERS.is_dir():
         for m in cfg["models"].values():
@@ -388,6 +388,11 @@ def test_rehearsal_end_to_end(tmp_path):
     for col in ("fid", "sfid", "is", "precision", "recall", "latency_s", "macs_total"):
         assert df[col].notna().all(), col
     assert df["backend"].eq("inception-adm").all()
+    # each reference's features were extracted once (twice at most: two jobs starting together) and read after
+    evals = [json.loads(p.read_text()) for p in res.glob("*/nfe*/eval/*.json")]
+    computed = [e for e in evals if e["reference_features"].startswith("computed")]
+    refs = {e["reference"] for e in evals}
+    assert len(evals) == len(df) and {e["reference"] for e in computed} == refs and len(computed) <= 2 * len(refs)
     t1 = pd.read_csv(res / "tables" / "table1.csv")
     assert t1["paper FID"].notna().sum() == 20
     assert "meaningless" in (res / "tables" / "table1.md").read_text()
