@@ -639,8 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="clean-fid cross-check of the FID: its feature loop with our network and its Frechet distance "
                         "(full), or its Frechet distance on our statistics only (frechet)")
     p.add_argument("--feature-cache", dest="feature_cache",
-                   help="folder keeping the reference features by content (reference sha256, extractor, batch, device), "
-                        "so evaluations sharing a reference extract them once")
+                   help="folder keeping the reference features by content (the reference file's sha256, the extractor "
+                        "and its weights, batch, device, versions, feature code), so evaluations sharing a reference "
+                        "extract them once")
 
     p = sub.add_parser("reference", help="write the digits reference split as an ADM reference batch")
     p.add_argument("--out", required=True)
