@@ -244,9 +244,9 @@ def serve(path: str, parent: int | None = None, preload: tuple[str, ...] = PRELO
                 except ProcessLookupError:
                     pass
     listener.close()
-    for remove in (os.unlink, os.rmdir):  # the socket, then its private folder if nothing else is in it
+    for remove, target in ((os.unlink, path), (os.rmdir, os.path.dirname(path))):  # the socket, then its folder if empty
         try:
-            remove(path if remove is os.unlink else os.path.dirname(path))
+            remove(target)
         except OSError:
             pass
 

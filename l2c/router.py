@@ -171,7 +171,7 @@ def _train_group(cfgs: list[RouterConfig], outs: list[Path], progress: bool, *, 
     for r in runs:
         truncate_jsonl_log(r.out / "train_log.jsonl", r.step)
     pending = [r for r in runs if r.step < r.cfg.steps]
-    if pending:  # (a router already at its last step only has its files written)
+    if pending:
         if model is None:
             model = load_model(cfg0.checkpoint, cfg0.model, **cfg0.model_kwargs)
         model = model.to(dev).eval().requires_grad_(False)

@@ -62,9 +62,8 @@ def test_routers_trained_together_equal_routers_trained_alone(tiny_ckpt, tmp_pat
     resumed from its checkpoints; a finished router is only rewritten from its checkpoint."""
     from l2c.router import train_routers
     if kind == "trajectory":
-        members = [dict(objective="trajectory", trajectory_loss="final", lam=1e-3), dict(objective="trajectory", lam=0.05)]
-        common = dict(nfe=5, steps=6, batch_size=4, log_every=2, ckpt_every=3)
-        members[1]["trajectory_loss"] = "final"
+        members = [dict(objective="trajectory", lam=1e-3), dict(objective="trajectory", lam=0.05)]
+        common = dict(nfe=5, steps=6, batch_size=4, log_every=2, ckpt_every=3, trajectory_loss="final")
     else:
         members = [dict(objective="cache", lam=1e-3), dict(objective="cache", lam=0.3), dict(objective="drop", lam=0.01)]
         common = dict(steps=24, ckpt_every=12, log_every=6)

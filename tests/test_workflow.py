@@ -427,3 +427,18 @@ def test_best_heuristic_and_beyond_rows():
     assert sorted(best["method"]) == ["bottom-b", "top"]
     got = T.beyond(df, T.read_paper())
     assert list(got["family"]) == ["full", "l2c", "top", "bottom", "fewer", "trajectory"]  # by MACs speedup, then family
+
+
+def test_router_passes_group_the_routers_that_share_their_passes():
+    """joint_routers (the default): per model and NFE, the single-step routers (L2C lambdas and
+    learning-to-drop) train in the first one's job and, apart, the trajectory routers; with
+    joint_routers=false (a string from --config) every router is its own job."""
+    raw = yaml.safe_load(CONFIG.read_text())
+    passes = cells.router_passes(cells.resolve(raw))
+    single = ["cache-lam1e-05", "cache-lam0.0001", "cache-lam0.001", "drop-lam0.0001"]
+    assert all(passes[("dit-digits", 20, r)] == single for r in single)
+    assert passes[("dit-digits", 20, "trajectory-lam0.0003")] == ["trajectory-lam0.0001", "trajectory-lam0.0003",
+                                                                   "trajectory-lam0.001"]
+    assert passes[("uvit-digits", 20, "cache-lam0.0001")] == ["cache-lam1e-05", "cache-lam0.0001"]
+    alone = cells.router_passes(cells.resolve({**raw, "joint_routers": "false"}))
+    assert alone.keys() == passes.keys() and all(v == [k[2]] for k, v in alone.items())

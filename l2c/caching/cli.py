@@ -184,4 +184,4 @@ def method_engine(cfg: Any, model: nn.Module, schedule: Any = None):
         raise L2CError(f"method_params must be a mapping of parameter names to values, got {params!r}")
     calib = resolve_calibration(cfg.method, cfg.calibration, cfg.checkpoint, cfg.sampler, cfg.nfe)
     return build_engine(model, cfg.method, nfe=cfg.nfe, sampler=cfg.sampler, params=params, calibration=calib,
-                        compile=getattr(cfg, "compile", False))
+                        compile=cfg.compile)
