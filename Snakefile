@@ -34,6 +34,10 @@ JOB_SERVER = {}
 
 
 onstart:
+    from l2c.localrun import drop_default_rate_limit
+
+    if not CFG["rate_limit"] and drop_default_rate_limit(workflow):  # l2c/localrun.py: no per-second re-selection timers
+        print("l2c: local run: Snakemake's default job-rate limit is off (the cores are the limit)")
     if CFG["job_server"] and workflow.local_exec:
         from l2c import jobserver
 

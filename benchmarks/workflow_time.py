@@ -8,7 +8,8 @@ Each variant runs ``snakemake --cores N`` on the repository's Snakefile in a fre
 working directory (nothing reused between variants; committed checkpoints are read from the
 repository), alternating variants when ``--rounds`` > 1. Variants: ``server`` (the default: jobs
 fork from the job server, ``l2c/jobserver.py``), ``no-server`` (``job_server=false``: a process per
-job). Printed per variant: wall time, job count, the sum of job wall times per rule (from the
+job), ``rate-limit`` (the job server, with Snakemake's default job-rate limit kept:
+``rate_limit=true``, ``l2c/localrun.py``). Printed per variant: wall time, job count, the sum of job wall times per rule (from the
 ``benchmark:`` files and, for rules without one, the jobs' log stamps of the job server), and the
 ratio to the first variant; device, threads, torch version and git revision head the output;
 ``--json`` writes every number."""
@@ -29,7 +30,8 @@ import yaml
 from l2c.io import environment_record, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"server": ["job_server=true"], "no-server": ["job_server=false"]}
+VARIANTS = {"server": ["job_server=true"], "no-server": ["job_server=false"],
+            "rate-limit": ["job_server=true", "rate_limit=true"]}
 SERVED = re.compile(r"^\[l2c job server\] child \d+: wall ([0-9.]+) s")
 
 
@@ -58,19 +60,40 @@ def rule_times(workdir: Path, work: str) -> dict[str, dict[str, float]]:
     return {k: {"jobs": int(v["jobs"]), "wall_s": round(v["wall_s"], 1)} for k, v in sorted(out.items())}
 
 
+def own_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` itself (not its children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def run_variant(name: str, configfile: Path, cores: int, keep: bool) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"l2c-wf-{name}-"))
     cmd = ["snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), "--configfile",
            str(configfile), "--cores", str(cores), "--config", *VARIANTS[name]]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    wall = time.perf_counter() - t0
-    if r.returncode:
-        raise SystemExit(f"variant {name}: snakemake failed (exit {r.returncode}) in {workdir}:\n{r.stderr[-3000:]}")
-    jobs = re.search(r"(\d+) of (\d+) steps \(100%\) done", r.stderr)
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        cpu = 0.0
+        while True:
+            cpu = own_cpu_s(proc.pid) or cpu
+            try:
+                code = proc.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        wall = time.perf_counter() - t0
+        err.seek(0)
+        stderr = err.read()
+    if code:
+        raise SystemExit(f"variant {name}: snakemake failed (exit {code}) in {workdir}:\n{stderr[-3000:]}")
+    jobs = re.search(r"(\d+) of (\d+) steps \(100%\) done", stderr)
     work = yaml.safe_load(configfile.read_text()).get("work", "work")
     res = {"variant": name, "wall_s": round(wall, 1), "jobs": int(jobs[2]) if jobs else None,
-           "rules": rule_times(workdir, work), "workdir": str(workdir) if keep else None}
+           "scheduler_cpu_s": round(cpu, 1), "rules": rule_times(workdir, work), "workdir": str(workdir) if keep else None}
     if not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return res
@@ -94,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{os.cpu_count()} CPUs")
     runs = [run_variant(n, Path(a.configfile).resolve(), a.cores, a.keep) for _ in range(a.rounds) for n in names]
     first = runs[0]["wall_s"]
-    print(f"{'variant':<10} {'wall (s)':>9} {'jobs':>5} {'speed vs first':>15}")
+    print(f"{'variant':<10} {'wall (s)':>9} {'jobs':>5} {'scheduler CPU (s)':>18} {'speed vs first':>15}")
     for r in runs:
-        print(f"{r['variant']:<10} {r['wall_s']:>9.1f} {r['jobs'] or '?':>5} {first / r['wall_s']:>14.2f}x")
+        print(f"{r['variant']:<10} {r['wall_s']:>9.1f} {r['jobs'] or '?':>5} {r['scheduler_cpu_s']:>18.1f} "
+              f"{first / r['wall_s']:>14.2f}x")
     for r in runs:
         print(f"\n{r['variant']}: jobs and summed job wall time per rule")
         for rule, v in r["rules"].items():

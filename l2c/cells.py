@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "fp32",  # fp32 | bf16 | tf32 (sampling); latency uses fp32 | bf16
     "threads": 1,  # torch threads per job
     "job_server": True,  # local runs: jobs fork from one server that imported torch once (l2c.jobserver)
+    "rate_limit": False,  # local runs: Snakemake's default job-rate limit off (l2c.localrun)
     "joint_routers": True,  # the routers of a model and NFE that can share their passes train in one job
     "sample_jobs": 1,  # >1: each cell's sampling fans out over this many shard-range jobs + one merge
     "random_seeds": [0, 1, 2],  # seeds of the random heuristics (Fig. 4 "Manual: Random", random drop)
@@ -197,7 +198,7 @@ def resolve(config: dict) -> dict:
     per-NFE overrides merged into ``sampling`` / ``latency`` / ``router``, and input paths resolved."""
     _check_raw(config)
     cfg = _merge(DEFAULTS, config)
-    for key in ("check_files", "job_server", "joint_routers"):  # --config check_files=false gives a string
+    for key in ("check_files", "job_server", "rate_limit", "joint_routers"):  # --config check_files=false gives a string
         cfg[key] = cfg[key] in (True, "true")
     cfg["inception_weights"] = _local(cfg["inception_weights"])
     for name, m in cfg["models"].items():

@@ -301,6 +301,7 @@ def test_smoke_end_to_end(tmp_path):
     a re-run plans nothing; deleting one cell's result re-plans only what depends on it."""
     r = smk(tmp_path, "--cores", "2", configfiles=(SMOKE,), timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert "Snakemake's default job-rate limit is off" in r.stdout + r.stderr  # l2c.localrun
     logs = [f for f in (tmp_path / "work" / "logs").glob("*/*.log")]
     assert len(logs) > 90 and all("[l2c job server] child" in f.read_text(errors="replace") for f in logs)
     served = re.search(r"serving (\S+) \(pid (\d+)\)", (tmp_path / "work" / "logs" / "job-server.log").read_text())
@@ -364,9 +365,32 @@ def test_smoke_end_to_end(tmp_path):
     npz = tmp_path / "work" / "smoke" / "nfe4" / "samples" / "full.npz"
     before = npz.read_bytes()
     npz.unlink()
-    r = smk(tmp_path, "--cores", "2", str(npz.relative_to(tmp_path)), configfiles=(SMOKE,), config=["sample_jobs=2"])
+    r = smk(tmp_path, "--cores", "2", str(npz.relative_to(tmp_path)), configfiles=(SMOKE,),
+            config=["sample_jobs=2", "rate_limit=true"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("rule sample_part:") == 2 and npz.read_bytes() == before
+    assert "job-rate limit is off" not in r.stdout + r.stderr  # rate_limit=true keeps Snakemake's default
+
+
+def test_local_runs_drop_only_snakemakes_default_rate_limit():
+    """l2c.localrun: the default limiter (100 jobs per second) of a local run goes; a user's own
+    limit and a cluster run's limiter stay."""
+    from types import SimpleNamespace
+
+    from snakemake.scheduling.job_scheduler import JobRateLimiter
+    from snakemake.settings.types import MaxJobsPerTimespan
+
+    from l2c.localrun import drop_default_rate_limit
+
+    def workflow(limit: str, local: bool = True):
+        scheduler = SimpleNamespace(job_rate_limiter=JobRateLimiter(MaxJobsPerTimespan.parse_choice(limit)))
+        return SimpleNamespace(local_exec=local, scheduler=scheduler)
+
+    w = workflow("100/1s")
+    assert drop_default_rate_limit(w) and w.scheduler.job_rate_limiter is None
+    for w in (workflow("10/1s"), workflow("100/1m"), workflow("100/1s", local=False)):
+        assert not drop_default_rate_limit(w) and w.scheduler.job_rate_limiter is not None
+    assert not drop_default_rate_limit(SimpleNamespace(local_exec=True, scheduler=SimpleNamespace(job_rate_limiter=None)))
 
 
 # -- tables without a run (pure pandas) ------------------------------------------------------------------
