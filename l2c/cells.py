@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "random_seeds": [0, 1, 2],  # seeds of the random heuristics (Fig. 4 "Manual: Random", random drop)
     "sampling": {"num_samples": 1000, "seed": 0, "labels": "uniform", "shard_size": 250, "batch_size": 250,
                  "compile": False},
-    "latency": {"batch": 8, "repeats": 5, "warmup": 1, "seed": 0},
+    "latency": {"batch": 8, "repeats": 5, "warmup": 1, "seed": 0, "exclusive": True},
     "profile": {"num_samples": 64, "seed": 1234},
     "router": {"steps": 2000, "batch_size": 64, "lr": 1e-3, "clamp": 5.0, "reduction": "mean", "seed": 0,
                "label_dropout": 0.1, "ste_threshold": None},

@@ -65,3 +65,15 @@ def test_workflow_time_sums_job_time_per_rule(tmp_path):
     assert rule_times(tmp_path, "work") == {"evaluate": {"jobs": 1, "wall_s": 3.0}, "sample": {"jobs": 2, "wall_s": 50.0},
                                             "schedule": {"jobs": 2, "wall_s": 3.0}}
     assert VARIANTS["no-server"] == ["job_server=false"]
+
+
+def test_inception_layout_runs_and_compares_both_layouts(tmp_path):
+    out = tmp_path / "layout.json"
+    r = subprocess.run([sys.executable, str(BENCH / "inception_layout.py"), "--batch", "1", "--size", "16", "--repeats", "1",
+                        "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["speedup"] == pytest.approx(res["nchw_s"] / res["channels_last_s"])
+    assert set(res["max_relative_difference"]) == {"2048", "spatial", "logits_unbiased"}
+    assert max(res["max_relative_difference"].values()) < 1e-4  # the same features up to fp32 reassociation
+    assert "channels-last" in r.stdout and "git " in r.stdout

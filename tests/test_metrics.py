@@ -514,6 +514,31 @@ def test_adm_inception_shapes_and_nhwc_spatial():
     assert "7a" not in grabbed
 
 
+def test_adm_inception_channels_last_gives_torch_fidelitys_features(tmp_path):
+    """The extractor runs channels-last; torch-fidelity's own InceptionV3 (NCHW) with the same
+    weights (the rehearsal's He-initialised stand-in, so the features have their real scale) gives
+    the same features up to fp32 reassociation."""
+    import io
+
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from l2c.rehearsal import standin_inception
+    path = standin_inception(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
+    ours = AdmInceptionExtractor("inception-v3-adm", ["2048", "logits_unbiased"], feature_extractor_weights_path=path).eval()
+    assert ours.Mixed_6d.branch1x1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    buf = io.BytesIO()
+    torch.save(torch.load(path, weights_only=True), buf)  # our own stand-in file, read without unpickling
+    buf.seek(0)
+    theirs = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                         feature_extractor_weights_path=buf).eval()
+    assert theirs.Mixed_6d.branch1x1.conv.weight.is_contiguous()
+    x = torch.randint(0, 256, (3, 3, 48, 48), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    with torch.no_grad():
+        for a, b in zip(ours(x), theirs(x)):
+            assert b.abs().mean() > 1e-3  # not vanishing features
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
 def test_adm_inception_weights_missing_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(L2CError) as e:

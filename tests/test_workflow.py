@@ -11,6 +11,7 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -466,3 +467,23 @@ def test_router_passes_group_the_routers_that_share_their_passes():
     assert passes[("uvit-digits", 20, "cache-lam0.0001")] == ["cache-lam1e-05", "cache-lam0.0001"]
     alone = cells.router_passes(cells.resolve({**raw, "joint_routers": "false"}))
     assert alone.keys() == passes.keys() and all(v == [k[2]] for k, v in alone.items())
+
+
+def test_fig5_marks_exactly_the_reused_sublayers(tmp_path):
+    """Fig. 5: one heat map per branch over the cache steps, a dot on every sub-layer the threshold
+    reuses (probability <= theta) and on no other."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from analysis.figures import fig5_router
+    rng = np.random.default_rng(0)
+    probs = rng.uniform(size=(6, 8))  # NFE 6, depth 4: (attn, mlp) per block
+    path = tmp_path / "router.json"
+    path.write_text(json.dumps({"probs": probs.tolist(), "cache_steps": [1, 3, 5], "nfe": 6, "lambda": 1e-3,
+                                "objective": "cache", "steps": 10}))
+    fig, meta = fig5_router(str(path), "test", 0.4)
+    for ax, branch in zip(fig.axes[:2], (0, 1)):
+        sub = probs[[1, 3, 5]][:, branch::2]
+        dots = {(round(x - 0.5), round(y - 0.5)) for c in ax.collections[1:] for x, y in c.get_offsets()}
+        assert dots == {(j, i) for i, j in zip(*np.nonzero(sub <= 0.4))} and 0 < len(dots) < sub.size
+        assert f"{100 * (sub <= 0.4).mean():.1f}% reused" in ax.get_title()
+    assert meta["theta"] == 0.4

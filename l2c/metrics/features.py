@@ -25,6 +25,7 @@ Run ``python -m l2c.metrics.features --out PATH`` to (re)train the digits networ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import shlex
 import sys
@@ -328,7 +329,8 @@ class AdmInceptionExtractor(FeatureExtractorInceptionV3):
     """torch-fidelity's ``inception-v3-compat`` plus ADM's sFID feature ``spatial``: output of
     ``Mixed_6d.branch1x1`` (= TF ``mixed_6/conv``), channels [:7], permuted to NHWC and flattened
     (2023-d). Input: uint8 NCHW with 3 channels (1 channel is repeated). ``random_weights=True``
-    keeps the random initialisation (tests; never for numbers).
+    keeps the random initialisation (tests; never for numbers). The weights are kept channels-last
+    (NHWC), so the convolutions and poolings run in that layout.
 
     The weights are read by :func:`load_inception_state_dict` (``weights_only=True``) and loaded
     strictly after torch-fidelity's constructor, which is handed an in-memory empty dict in place of
@@ -348,18 +350,23 @@ class AdmInceptionExtractor(FeatureExtractorInceptionV3):
         torch.save({}, empty)  # what torch-fidelity's loader reads: an empty dict we serialised ourselves
         empty.seek(0)
         self.__dict__["_l2c_skip_load"] = True  # read by load_state_dict during super().__init__
-        try:
-            super().__init__(name, list(features_list), feature_extractor_weights_path=empty, **kwargs)
+        try:  # with weights to load, built on the meta device: no random initialisation to overwrite
+            with torch.device("meta") if state_dict is not None else contextlib.nullcontext():
+                super().__init__(name, list(features_list), feature_extractor_weights_path=empty, **kwargs)
         finally:
             self.__dict__.pop("_l2c_skip_load", None)
         if state_dict is not None:
+            state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
             try:
-                self.load_state_dict(state_dict, strict=True)
+                self.load_state_dict(state_dict, strict=True, assign=True)
             except RuntimeError as e:
                 raise L2CError(f"Inception weights {path}: do not fit torch-fidelity's InceptionV3 "
                                f"({str(e).splitlines()[0][:200]}...); expected the {INCEPTION_WEIGHTS_FILE} "
                                f"layout ({INCEPTION_WEIGHTS_URL})") from None
         self.weights_path = None if path is None else str(path)
+        # NHWC convolutions and poolings: 1.4x faster on CPU (benchmarks/inception_layout.py), the same
+        # features up to fp32 reassociation
+        self.to(memory_format=torch.channels_last)
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         if self.__dict__.get("_l2c_skip_load"):

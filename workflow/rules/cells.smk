@@ -132,7 +132,7 @@ rule latency:
         f"{W}/logs/latency/{{model}}-nfe{{nfe}}-{{method}}.log",
     benchmark:
         f"{W}/benchmarks/latency/{{model}}-nfe{{nfe}}-{{method}}.tsv"
-    threads: LATENCY_CORES
+    threads: latency_cores
     resources:
         gpu=GPU,
     conda:

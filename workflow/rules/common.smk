@@ -52,9 +52,15 @@ def total_cores():
         return 1
 
 
-# timing hygiene on CPU: a latency job reserves every core so nothing runs beside it (torch still
-# uses THREADS); on a GPU the gpu=1 limit already keeps it alone on the device
-LATENCY_CORES = max(total_cores(), THREADS) if GPU == 0 else THREADS
+def latency_cores(wildcards):
+    """Timing hygiene on CPU: a latency job reserves every core so nothing runs beside it (torch still
+    uses THREADS) unless its row's ``latency.exclusive`` is false; on a GPU the gpu=1 limit already
+    keeps it alone on the device."""
+    if GPU == 0 and CFG["models"][wildcards.model]["latency"]["exclusive"]:
+        return max(total_cores(), THREADS)
+    return THREADS
+
+
 PAPER_RESULTS = atables.PAPER_RESULTS  # published numbers (analysis/paper_results.csv)
 TABLE_NOTE = ("REHEARSAL (config/rehearsal.yaml): random stand-in weights and inputs at toy scale, so our numbers are "
               "meaningless; the paper columns show where each published value sits." if CFG.get("rehearsal") else "")
