@@ -1,6 +1,6 @@
 """Snakemake's scheduler on a local run: its default job-rate limit turned off.
 
-Snakemake (8.17 and later) limits job submissions to ``--max-jobs-per-timespan`` (default
+Snakemake (9.x, this suite's minimum) limits job submissions to ``--max-jobs-per-timespan`` (default
 100 per second) and, to lift that limit again, re-runs its job selection one timespan after every
 scheduling round that left ready jobs waiting. Every such round arms another timer, so while jobs
 wait for cores (a grid of hundreds of jobs on a few cores) each finished job adds one more

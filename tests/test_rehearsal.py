@@ -1,10 +1,9 @@
 """The rehearsal of the paper's grid (config/rehearsal.yaml): no drift from config/paper.yaml, the
 stand-in inputs in the official layouts (l2c/rehearsal.py), the planned DAG (local and SLURM), DDIM
-on the U-ViT SD schedule, and (opt-in, L2C_REHEARSAL=1) the whole rehearsal run end to end.
+on the U-ViT SD schedule, and the whole rehearsal run end to end (757 jobs, then the report).
 
-Measured on 2 cores: the whole file 136 s (the real slice of the rehearsal 93 s; 216 s when the
-cores were shared with other work), the other default tests ~45 s (stand-in Inception features,
-the dry runs and the diffusers import dominate)."""
+Measured on 2 cores: the whole run TEST_TIME (test_rehearsal_end_to_end); the other tests of this file
+about 45 s (stand-in Inception features, the dry runs and the diffusers import dominate)."""
 from __future__ import annotations
 
 import json
@@ -328,10 +327,10 @@ def test_rehearsal_end_to_end(tmp_path):
     """`snakemake --cores 2 --configfile config/rehearsal.yaml`: stand-ins, encode-latents, profiles,
     18 routers, 95 cells (2-job sampling fan-out + merge with VAE decoding, inception-adm evaluation
     with FID/sFID/IS/P/R/paired PSNR and the clean-fid cross-check, latency), 10 tables with the paper's
-    values beside the paper cells, every figure, the report. Measured on 2 CPU cores with the job
-    server, the reference-feature cache and the official routers: 757 jobs in 7 min 40 s (the 95
-    Inception evaluations 384 s of job time; docs/workflow.md), over the suite's budget beside the
-    other tests, hence opt-in; the official routers are used where ../shared holds them."""
+    values beside the paper cells, every figure, the report; the official routers where ../shared
+    holds them. Measured on 2 CPU cores: TEST_TIME for this test; the workflow alone 4 min 36 s
+    (`python benchmarks/workflow_time.py --configfile config/rehearsal.yaml --variants server`,
+    docs/workflow.md)."""
     cfg = load(REHEARSAL)
     if not ROUTERS.is_dir():
         for m in cfg["models"].values():
