@@ -364,7 +364,7 @@ class AdmInceptionExtractor(FeatureExtractorInceptionV3):
                                f"({str(e).splitlines()[0][:200]}...); expected the {INCEPTION_WEIGHTS_FILE} "
                                f"layout ({INCEPTION_WEIGHTS_URL})") from None
         self.weights_path = None if path is None else str(path)
-        # NHWC convolutions and poolings: 1.4x faster on CPU (benchmarks/inception_layout.py), the same
+        # NHWC convolutions and poolings: 1.4-1.8x faster on CPU (benchmarks/inception_layout.py), the same
         # features up to fp32 reassociation
         self.to(memory_format=torch.channels_last)
 
