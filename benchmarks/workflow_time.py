@@ -9,9 +9,9 @@ working directory (nothing reused between variants; committed checkpoints are re
 repository), alternating variants when ``--rounds`` > 1. Variants: ``server`` (the default: jobs
 fork from the job server, ``l2c/jobserver.py``), ``no-server`` (``job_server=false``: a process per
 job), ``rate-limit`` (the job server, with Snakemake's default job-rate limit kept:
-``rate_limit=true``, ``l2c/localrun.py``). Printed per variant: wall time, job count, the sum of job wall times per rule (from the
-``benchmark:`` files and, for rules without one, the jobs' log stamps of the job server), and the
-ratio to the first variant; device, threads, torch version and git revision head the output;
+``rate_limit=true``, ``l2c/localrun.py``). Printed per variant: wall time, job count, the sum of
+job wall times per rule (from the ``benchmark:`` files and, for rules without one, the jobs' log
+stamps of the job server), and the ratio to the first variant; device, threads, torch version and git revision head the output;
 ``--json`` writes every number."""
 from __future__ import annotations
 

@@ -373,6 +373,20 @@ def test_smoke_end_to_end(tmp_path):
     assert "job-rate limit is off" not in r.stdout + r.stderr  # rate_limit=true keeps Snakemake's default
 
 
+@pytest.mark.parametrize("exclusive, threads", [(True, 2), (False, 1)])
+def test_latency_jobs_reserve_every_core_unless_not_exclusive(tmp_path, exclusive, threads):
+    """On CPU a latency job takes every core given to the run (nothing runs beside it);
+    ``latency.exclusive: false`` leaves it its torch threads only."""
+    (tmp_path / "lat.yaml").write_text(yaml.safe_dump({"latency": {"exclusive": exclusive}}))
+    r = smk(tmp_path, "-n", "--cores", "2", configfiles=(SMOKE, tmp_path / "lat.yaml"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    blocks = [b for b in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule )", r.stdout + r.stderr) if "rule latency:" in b]
+    assert len(blocks) == 15
+    for b in blocks:
+        m = re.search(r"^\s+threads: (\d+)$", b, re.M)
+        assert (int(m[1]) if m else 1) == threads, b[:300]
+
+
 def test_local_runs_drop_only_snakemakes_default_rate_limit():
     """l2c.localrun: the default limiter (100 jobs per second) of a local run goes; a user's own
     limit and a cluster run's limiter stay."""

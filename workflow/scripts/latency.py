@@ -10,5 +10,5 @@ lat = sm.params.model["latency"]
 res = measure_latency(sm.params.model, sm.input.schedule, int(sm.wildcards.nfe), device=sm.params.device,
                       dtype=sm.params.dtype, batch=lat["batch"], repeats=lat["repeats"], warmup=lat["warmup"],
                       seed=lat["seed"], threads=sm.params.torch_threads)
-res["exclusive"] = lat["exclusive"] or sm.params.device != "cpu"  # nothing else ran beside it
+res["cores_reserved"] = sm.threads  # every core when latency.exclusive (CPU): nothing ran beside it
 write_json(sm.output[0], res)
