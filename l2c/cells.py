@@ -750,28 +750,33 @@ def sample_cell(m: dict, schedule_json: str | os.PathLike, out: str | os.PathLik
         generate(cfg, out, shards=shard_range(m, *part), progress=False, keep_shards=True)
 
 
-def measure_latency(m: dict, schedule_json: str | os.PathLike, nfe: int, *, device: str, dtype: str, batch: int,
-                    repeats: int, warmup: int, seed: int, threads: int | None = None) -> dict:
-    """In-process latency of the cell vs the uncached sampler at the grid NFE, interleaved repeats
-    (``l2c.bench.time_sampling``; paper convention: batch with CFG, sampling loop only, no VAE),
-    and the thop-convention MACs of both."""
+def measure_latency(m: dict, schedule_json: str | os.PathLike, nfe: int, **kw: Any) -> dict:
+    """The latency record of one cell (:func:`measure_latencies` of a group of one)."""
+    return measure_latencies(m, {"cell": schedule_json}, nfe, **kw)["cells"]["cell"]
+
+
+def measure_latencies(m: dict, schedules: dict[str, str | os.PathLike], nfe: int, *, device: str, dtype: str, batch: int,
+                      repeats: int, warmup: int, seed: int, threads: int | None = None) -> dict:
+    """In-process latency of every cell of one (model, NFE) against the uncached sampler at the grid
+    NFE, in one process (``l2c.bench.time_sampling``; paper convention: batch with CFG, sampling loop
+    only, no VAE). ``schedules``: cell name -> its schedule or method spec. Each round times the
+    uncached sampler once and every cell once, in a seeded random order (so drift and position hit
+    every cell alike); each cell's latency and the uncached one are medians over ``repeats`` rounds
+    after ``warmup`` untimed runs of each. Returns ``{"cells": {name: record}, ...}``, where a record
+    holds the cell's latency, the shared uncached latency, their ratio and the thop-convention MACs
+    (a caching method: of the decisions its last timed run took)."""
+    import random
     import statistics
     from contextlib import nullcontext
 
     import torch
 
     from .bench import DTYPES, time_sampling
-    from .cache import CacheSchedule
     from .io import environment_record
-    from .macs import count_model_macs, macs_report
+    from .macs import count_model_macs
     _set_threads(threads)
     dev = torch.device(device)
     model = load_cell_model(m).to(dev)
-    if is_method_spec(read_spec(schedule_json)):
-        return _method_latency(model, m, read_spec(schedule_json), nfe, dev=dev, dtype=dtype, batch=batch, repeats=repeats,
-                               warmup=warmup, seed=seed)
-    sched = CacheSchedule.load(schedule_json)
-    cell_sched = sched if sched.num_reused else None
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g).to(dev)
     labels = torch.randint(model.num_classes, (batch,), generator=g).to(dev)
@@ -779,65 +784,64 @@ def measure_latency(m: dict, schedule_json: str | os.PathLike, nfe: int, *, devi
     if dtype == "tf32":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     common = dict(sampler=m["sampler"], cfg_scale=m["cfg_scale"], cfg_channels=m["cfg_channels"], autocast=autocast)
-    is_full = sched.nfe == nfe and cell_sched is None
-    time_sampling(model, noise, labels, repeats=0, warmup=warmup, nfe=nfe, **common)
-    if not is_full:
-        time_sampling(model, noise, labels, repeats=0, warmup=warmup, nfe=sched.nfe, schedule=cell_sched, **common)
-    full, cached = [], []
-    for _ in range(repeats):
-        full += time_sampling(model, noise, labels, repeats=1, warmup=0, nfe=nfe, **common)
-        if not is_full:
-            cached += time_sampling(model, noise, labels, repeats=1, warmup=0, nfe=sched.nfe, schedule=cell_sched, **common)
-    cached = cached or full
     mm = count_model_macs(model, noise[:1], torch.zeros(1, device=dev), labels[:1])
-    rep = macs_report(mm, cell_sched, sched.nfe)
-    t_full, t_cell = statistics.median(full), statistics.median(cached)
-    return {
-        "nfe": nfe, "nfe_sampled": sched.nfe, "batch": batch, "repeats": repeats, "warmup": warmup, "seed": seed,
-        "cfg_scale": m["cfg_scale"], "latency_full_s": t_full, "latency_s": t_cell, "speedup": t_full / t_cell,
-        "latency_full_all_s": full, "latency_all_s": cached,
-        "macs_per_eval": int(mm.per_eval), "macs_total": rep["macs_total"], "macs_full": int(mm.per_eval) * nfe,
-        "speedup_macs": int(mm.per_eval) * nfe / rep["macs_total"],
-        "environment": environment_record(dev, dtype),
-    }
-
-
-def _method_latency(model, m: dict, spec: dict, nfe: int, *, dev, dtype: str, batch: int, repeats: int, warmup: int,
-                    seed: int) -> dict:
-    """Latency of a caching-method cell through its engine (``l2c.caching``), interleaved with the
-    uncached sampler as for schedules, and the MACs of the decisions its last timed run took."""
-    import statistics
-    from contextlib import nullcontext
-
-    import torch
-
-    from .bench import DTYPES, time_sampling
-    from .caching import build_engine
-    from .io import environment_record
-    eng = build_engine(model, spec["method"], nfe=spec["nfe"], sampler=m["sampler"], params=spec["params"],
-                       calibration=spec["calibration"])
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g).to(dev)
-    labels = torch.randint(model.num_classes, (batch,), generator=g).to(dev)
-    autocast = torch.autocast(dev.type, dtype=DTYPES[dtype]) if dtype in ("bf16", "fp16") else nullcontext()
-    common = dict(sampler=m["sampler"], cfg_scale=m["cfg_scale"], cfg_channels=m["cfg_channels"], autocast=autocast)
-    time_sampling(model, noise, labels, repeats=0, warmup=warmup, nfe=nfe, **common)
-    time_sampling(model, noise, labels, repeats=0, warmup=warmup, nfe=spec["nfe"], engine=eng, **common)
-    full, cached = [], []
+    cases = {name: _latency_case(model, m, path, nfe, mm) for name, path in schedules.items()}
+    runs = {None: dict(nfe=nfe)} | {name: c["run"] for name, c in cases.items() if c["run"] is not None}
+    for kw in runs.values():
+        time_sampling(model, noise, labels, repeats=0, warmup=warmup, **kw, **common)
+    times: dict[str | None, list[float]] = {name: [] for name in runs}
+    order = list(runs)
+    rng = random.Random(seed)
     for _ in range(repeats):
-        full += time_sampling(model, noise, labels, repeats=1, warmup=0, nfe=nfe, **common)
-        cached += time_sampling(model, noise, labels, repeats=1, warmup=0, nfe=spec["nfe"], engine=eng, **common)
-    per_eval = int(eng.macs_table().per_eval)
-    total = int(sum(eng.macs_per_step()))
-    t_full, t_cell = statistics.median(full), statistics.median(cached)
-    return {
-        "nfe": nfe, "nfe_sampled": spec["nfe"], "batch": batch, "repeats": repeats, "warmup": warmup, "seed": seed,
-        "cfg_scale": m["cfg_scale"], "latency_full_s": t_full, "latency_s": t_cell, "speedup": t_full / t_cell,
-        "latency_full_all_s": full, "latency_all_s": cached, "method": spec["method"], "params": eng.plan.params,
-        "macs_per_eval": per_eval, "macs_total": total, "macs_full": per_eval * nfe, "speedup_macs": per_eval * nfe / total,
-        "macs_source": "latency batch (decisions of the last timed run)",
-        "environment": environment_record(dev, dtype),
-    }
+        rng.shuffle(order)
+        for name in order:
+            times[name] += time_sampling(model, noise, labels, repeats=1, warmup=0, **runs[name], **common)
+    full = times[None]
+    t_full = statistics.median(full)
+    env = environment_record(dev, dtype)
+    records = {}
+    for name, c in cases.items():
+        cached = times[name] if c["run"] is not None else full
+        t_cell = statistics.median(cached)
+        records[name] = {
+            "nfe": nfe, "nfe_sampled": c["nfe_sampled"], "batch": batch, "repeats": repeats, "warmup": warmup,
+            "seed": seed, "cfg_scale": m["cfg_scale"], "latency_full_s": t_full, "latency_s": t_cell,
+            "speedup": t_full / t_cell, "latency_full_all_s": full, "latency_all_s": cached,
+            **c["macs"](), "environment": env}
+    return {"model": m.get("label"), "nfe": nfe, "batch": batch, "repeats": repeats, "warmup": warmup, "seed": seed,
+            "order": "seeded random order per round: the uncached sampler and every cell once",
+            "latency_full_s": t_full, "latency_full_all_s": full, "environment": env, "cells": records}
+
+
+def _latency_case(model, m: dict, path: str | os.PathLike, nfe: int, mm: Any) -> dict:
+    """How one cell is timed: ``run`` (the ``sample`` arguments of its runs, or None when the cell is
+    the uncached sampler itself), ``nfe_sampled`` and ``macs()`` (its MACs record, read after timing;
+    ``mm``: the model's MACs table)."""
+    from .cache import CacheSchedule
+    from .macs import macs_report
+    spec = read_spec(path)
+    if is_method_spec(spec):  # a caching method of l2c.caching, through its engine
+        from .caching import build_engine
+        eng = build_engine(model, spec["method"], nfe=spec["nfe"], sampler=m["sampler"], params=spec["params"],
+                           calibration=spec["calibration"])
+
+        def method_macs() -> dict:
+            per_eval, total = int(eng.macs_table().per_eval), int(sum(eng.macs_per_step()))
+            return {"method": spec["method"], "params": eng.plan.params, "macs_per_eval": per_eval, "macs_total": total,
+                    "macs_full": per_eval * nfe, "speedup_macs": per_eval * nfe / total,
+                    "macs_source": "latency batch (decisions of the last timed run)"}
+        return {"run": dict(nfe=spec["nfe"], engine=eng), "nfe_sampled": spec["nfe"], "macs": method_macs}
+    sched = CacheSchedule.load(path)
+    cell_sched = sched if sched.num_reused else None
+    rep = macs_report(mm, cell_sched, sched.nfe)
+
+    def schedule_macs() -> dict:
+        per_eval = int(mm.per_eval)
+        return {"macs_per_eval": per_eval, "macs_total": rep["macs_total"], "macs_full": per_eval * nfe,
+                "speedup_macs": per_eval * nfe / rep["macs_total"]}
+    is_full = sched.nfe == nfe and cell_sched is None
+    return {"run": None if is_full else dict(nfe=sched.nfe, schedule=cell_sched), "nfe_sampled": sched.nfe,
+            "macs": schedule_macs}
 
 
 # -- one row per cell (no torch) ---------------------------------------------------------------------

@@ -59,9 +59,9 @@ def n_cells(configfile: Path) -> int:
 
 
 def expected_jobs(cfg: dict, digits_reference: bool) -> int:
-    """Jobs of a fresh run: 5 per cell (schedule, sample, evaluate, latency, cell), the routers, the
-    caching methods' calibration passes, one profile per (model, NFE), the reference, collect, tables,
-    figures and `all`."""
+    """Jobs of a fresh run: 4 per cell (schedule, sample, evaluate, cell), the routers, the caching
+    methods' calibration passes, one profile and one latency job per (model, NFE), the reference,
+    collect, tables, figures and `all`."""
     rc = cells.resolve(cfg)
     planned = cells.plan(rc)
     nfes = [(c.model, c.nfe) for c in planned if c.family == "full"]
@@ -73,7 +73,7 @@ def expected_jobs(cfg: dict, digits_reference: bool) -> int:
             + bool(s["methods"])
     pretrain = sum(1 for m in rc["models"].values() if m["pretrain"])
     tables = tables_for([c.to_dict() | {"sampler": rc["models"][c.model]["sampler"]} for c in planned])
-    return (5 * len(planned) + len(cells.routers(rc)) + len(cells.calibrations(rc)) + len(nfes) + pretrain + int(digits_reference) + 1
+    return (4 * len(planned) + len(cells.routers(rc)) + len(cells.calibrations(rc)) + 2 * len(nfes) + pretrain + int(digits_reference) + 1
             + len(tables) + figures + 1)
 
 
@@ -84,12 +84,13 @@ def test_default_dry_run_plans_every_job(tmp_path):
     assert n_cells(CONFIG) == 58  # 45 + 13 caching-method cells
     assert sum(jobs.values()) == expected_jobs(yaml.safe_load(CONFIG.read_text()), digits_reference=True)
     assert jobs["train_router"] == 12 and jobs["sample"] == 58 and jobs["calibrate"] == 4 and jobs["fig9_methods"] == 3
+    assert jobs["latency"] == 3  # one per (model, NFE): DiT 20 and 10, U-ViT 20
 
 
 def test_paper_dry_run_plans_the_full_grid(tmp_path):
     jobs, outputs = dry_run(tmp_path, configfiles=(PAPER,), config=["check_files=false"])
     assert n_cells(PAPER) == 95  # 81 + 14 caching-method cells (DiT-XL/2 256, NFE 50 and 20)
-    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(PAPER.read_text()), digits_reference=False) == 554
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(PAPER.read_text()), digits_reference=False) == 467  # 95 cells, 8 (model, NFE)
     assert jobs["train_router"] == 18 and jobs["table"] == 11  # Tables 1-6, 8, 9, the Fig. 4 data, beyond, methods
     assert jobs["calibrate"] == 4 and "results/paper/tables/methods.csv" in outputs
     assert "results/paper/tables/table2.csv" in outputs and "results/paper/tables/table3.csv" in outputs
@@ -97,7 +98,7 @@ def test_paper_dry_run_plans_the_full_grid(tmp_path):
 
 def test_smoke_dry_run(tmp_path):
     jobs, _ = dry_run(tmp_path, configfiles=(SMOKE,))
-    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(SMOKE.read_text()), digits_reference=True) == 98
+    assert sum(jobs.values()) == expected_jobs(yaml.safe_load(SMOKE.read_text()), digits_reference=True) == 84
     assert jobs["pretrain"] == 1
 
 
@@ -128,7 +129,7 @@ def test_paper_dry_run_with_dummy_files(tmp_path):
                 Path(s["official_router"]).touch()
     (tmp_path / "paper.yaml").write_text(yaml.safe_dump(cfg))
     jobs, _ = dry_run(tmp_path, configfiles=(tmp_path / "paper.yaml",))
-    assert sum(jobs.values()) == 554
+    assert sum(jobs.values()) == 467
 
 
 def test_overlay_adds_a_model_row(tmp_path):
@@ -141,8 +142,9 @@ def test_overlay_adds_a_model_row(tmp_path):
     assert sorted(o for o in new if "/cells/" in o) == sorted(
         f"results/dit-s-digits/nfe16/cells/{m}.json" for m in ("full", "l2c-lam0.0001-th0.1", "fewer-lam0.0001"))
     assert all("dit-s-digits" in o for o in new)
-    # 3 cells x 5 stages + pretrain + router + profile + 4 figures (Fig. 3, 4, 5, 7); tables and collect re-run
-    assert sum(jobs.values()) - sum(base_jobs.values()) == 22
+    # 3 cells x 4 stages + latency + pretrain + router + profile + 4 figures (Fig. 3, 4, 5, 7); tables and
+    # collect re-run
+    assert sum(jobs.values()) - sum(base_jobs.values()) == 20
     assert jobs["pretrain"] == 1
 
 
@@ -256,6 +258,42 @@ def test_method_stages_calibrate_spec_sample_latency_record(tmp_path):
     assert rec["caching"] == "teacache" and rec["params"] == "threshold=0.4"
 
 
+@pytest.mark.skipif(not EMBEDDED.exists(), reason="needs the embedded checkpoint")
+def test_latency_of_a_group_times_the_uncached_sampler_once_per_round(tmp_path):
+    """One latency job per (model, NFE): the uncached cell, a cached schedule, fewer steps and a caching
+    method timed in the same rounds; every record shares the uncached times, has its own times, the
+    MACs of its schedule or decisions, and equals a group of one in everything but the timings."""
+    from l2c.bench import fraction_schedule
+    from l2c.cache import CacheSchedule
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["models"] = {"dit-digits": cfg["models"]["dit-digits"]}
+    cfg["models"]["dit-digits"]["nfe"] = {6: {"methods": {"taylorseer": [{"interval": 3, "order": 1}]}}}
+    rc = cells.resolve(cfg)
+    m = rc["models"]["dit-digits"]
+    paths = {"full": tmp_path / "full.json", "cached": tmp_path / "cached.json", "fewer": tmp_path / "fewer.json",
+             "method": tmp_path / "method.json"}
+    CacheSchedule.from_mask(np.ones((6, 24), bool), [], sampler="ddim").save(paths["full"])
+    fraction_schedule(6, 12, 0.5).save(paths["cached"])
+    CacheSchedule.from_mask(np.ones((4, 24), bool), [], sampler="ddim").save(paths["fewer"])
+    method = next(c for c in cells.plan(rc) if c.family == "method").to_dict()
+    cells.make_schedule(method, m, paths["method"])
+    kw = dict(device="cpu", dtype="fp32", batch=2, repeats=3, warmup=0, seed=0, threads=1)
+    res = cells.measure_latencies(m, paths, 6, **kw)
+    recs = res["cells"]
+    assert set(recs) == set(paths) and len(res["latency_full_all_s"]) == 3
+    assert all(r["latency_full_all_s"] == res["latency_full_all_s"] and len(r["latency_all_s"]) == 3 for r in recs.values())
+    assert recs["full"]["latency_all_s"] == res["latency_full_all_s"] and recs["full"]["speedup"] == 1.0
+    assert len({tuple(recs[k]["latency_all_s"]) for k in ("cached", "fewer", "method")}) == 3  # timed separately
+    per_eval = recs["full"]["macs_per_eval"]
+    assert recs["full"]["macs_total"] == recs["full"]["macs_full"] == 6 * per_eval
+    assert recs["fewer"]["nfe_sampled"] == 4 and recs["fewer"]["macs_total"] == 4 * per_eval
+    assert recs["cached"]["macs_total"] < 6 * per_eval and recs["method"]["method"] == "taylorseer"
+    assert recs["method"]["macs_total"] < 6 * per_eval
+    alone = cells.measure_latency(m, paths["cached"], 6, **kw)
+    timing = {"latency_s", "latency_full_s", "speedup", "latency_all_s", "latency_full_all_s"}
+    assert {k: v for k, v in alone.items() if k not in timing} == {k: v for k, v in recs["cached"].items() if k not in timing}
+
+
 def test_methods_table_puts_published_numbers_beside_paper_cells():
     """Synthetic rows for config/paper.yaml: the methods table lists the caching-method cells with
     L2C and the others, and TaylorSeer N3O3 / N5O3 and SmoothCache carry their published DDIM-50 numbers."""
@@ -304,7 +342,7 @@ def test_smoke_end_to_end(tmp_path):
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     assert "Snakemake's default job-rate limit is off" in r.stdout + r.stderr  # l2c.localrun
     logs = [f for f in (tmp_path / "work" / "logs").glob("*/*.log")]
-    assert len(logs) > 90 and all("[l2c job server] child" in f.read_text(errors="replace") for f in logs)
+    assert len(logs) > 80 and all("[l2c job server] child" in f.read_text(errors="replace") for f in logs)
     served = re.search(r"serving (\S+) \(pid (\d+)\)", (tmp_path / "work" / "logs" / "job-server.log").read_text())
     assert served and not os.path.exists(served[1])  # the run's server stopped and removed its socket
     res = tmp_path / "results"
@@ -381,7 +419,7 @@ def test_latency_jobs_reserve_every_core_unless_not_exclusive(tmp_path, exclusiv
     r = smk(tmp_path, "-n", "--cores", "2", configfiles=(SMOKE, tmp_path / "lat.yaml"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     blocks = [b for b in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule )", r.stdout + r.stderr) if "rule latency:" in b]
-    assert len(blocks) == 15
+    assert len(blocks) == 1  # one latency job per (model, NFE)
     for b in blocks:
         m = re.search(r"^\s+threads: (\d+)$", b, re.M)
         assert (int(m[1]) if m else 1) == threads, b[:300]

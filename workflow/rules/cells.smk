@@ -1,5 +1,5 @@
 # Per cell (model, NFE, method): schedule -> sample (sharded, resumable) -> evaluate (paired with
-# the uncached cell of the same NFE) -> latency (in-process harness) -> one JSON row.
+# the uncached cell of the same NFE) -> latency (in-process harness, one job per model and NFE) -> one JSON row.
 # A caching-method cell (family "method", l2c.caching) has a method spec where the schedule would be,
 # made after its calibration pass when the method needs one (rule calibrate).
 
@@ -117,21 +117,22 @@ rule evaluate:
         "{params.paired} {params.weights} {params.device} --feature-cache {params.feature_cache} --out {output} > {log} 2>&1"
 
 
+# One job per (model, NFE): the uncached sampler is timed once per round beside every cell of that
+# NFE (its output holds one record per cell, which the cell rows read).
 rule latency:
     input:
-        ckpt=checkpoint_of,
-        schedule=f"{R}/{{model}}/nfe{{nfe}}/schedules/{{method}}.json",
+        unpack(latency_inputs),
     output:
-        f"{R}/{{model}}/nfe{{nfe}}/latency/{{method}}.json",
+        f"{R}/{{model}}/nfe{{nfe}}/latency.json",
     params:
         model=latency_spec,
         device=DEVICE,
         dtype=latency_dtype,
         torch_threads=THREADS,
     log:
-        f"{W}/logs/latency/{{model}}-nfe{{nfe}}-{{method}}.log",
+        f"{W}/logs/latency/{{model}}-nfe{{nfe}}.log",
     benchmark:
-        f"{W}/benchmarks/latency/{{model}}-nfe{{nfe}}-{{method}}.tsv"
+        f"{W}/benchmarks/latency/{{model}}-nfe{{nfe}}.tsv"
     threads: latency_cores
     resources:
         gpu=GPU,

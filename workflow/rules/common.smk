@@ -221,12 +221,21 @@ def cell_inputs(wildcards):
     c = cell_of(wildcards)
     d = f"{R}/{cell_dir(c)}"
     inputs = {"schedule": f"{d}/schedules/{c.method}.json", "eval": f"{d}/eval/{c.method}.json",
-              "latency": f"{d}/latency/{c.method}.json"}
+              "latency": f"{d}/latency.json"}
     if c.router and c.router != "official":
         inputs["router"] = f"{d}/routers/{c.router}.json"
     if c.family == "method":  # MACs of the decisions its sampling runs took
         inputs["samples"] = f"{W}/{cell_dir(c)}/samples/{c.method}.json"
     return inputs
+
+
+def latency_inputs(wildcards):
+    """The checkpoint and the schedule (or method spec) of every cell of this model and NFE."""
+    key = (wildcards.model, int(wildcards.nfe))
+    scheds = sorted(f"{R}/{cell_dir(c)}/schedules/{c.method}.json" for c in CELLS if (c.model, c.nfe) == key)
+    if not scheds:
+        raise WorkflowError(f"no cell of {wildcards.model} at NFE {wildcards.nfe} in this config")
+    return {"ckpt": checkpoint_of(wildcards), "schedules": scheds}
 
 
 def router_pass(wildcards):
