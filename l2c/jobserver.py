@@ -36,8 +36,13 @@ from typing import Any
 
 ENV = "L2C_JOB_SERVER"
 IN_CHILD = "_L2C_JOB_CHILD"  # set in a served child's environment: never forward again
+# What jobs import ("module:attribute" for lazy modules, "module:function()" to call one). The last
+# two serve the jobs that sample through the compiled branches: inductor's compiler (about 1 s to
+# import) and its hash of torch's sources (a key of every compile-cache lookup); neither starts a
+# thread or a process.
 PRELOAD = ("torch", "numpy", "scipy.linalg", "snakemake.script", "l2c.cells", "l2c.cli", "l2c.metrics.evaluate",
-           "l2c.caching", "l2c.rehearsal", "analysis.tables", "analysis.figures", "diffusers:AutoencoderKL")
+           "l2c.caching", "l2c.rehearsal", "analysis.tables", "analysis.figures", "diffusers:AutoencoderKL",
+           "torch._inductor.compile_fx", "torch._inductor.codecache:torch_key()")
 _HEADER = struct.Struct("!I")
 
 
@@ -182,12 +187,14 @@ def serve(path: str, parent: int | None = None, preload: tuple[str, ...] = PRELO
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)  # bound before preloading: early jobs wait in the backlog, none runs twice
     listener.listen(128)
-    for name in preload:  # what a job would import ("module:attribute" for lazy modules); what fails, the job imports
+    for name in preload:  # what fails, the job does itself
         try:
             module, _, attr = name.partition(":")
             obj = importlib.import_module(module)
             if attr:
-                getattr(obj, attr)
+                obj = getattr(obj, attr.removesuffix("()"))
+                if attr.endswith("()"):
+                    obj()
         except Exception:  # noqa: BLE001
             pass
     print(f"l2c job server: serving {path} (pid {os.getpid()})", flush=True)

@@ -65,6 +65,24 @@ def test_a_forwarded_script_runs_in_a_child_with_the_jobs_streams_cwd_env_and_st
     assert "[l2c job server] child" in out and "max RSS" in out
 
 
+def test_a_served_child_has_dynamo_imported_and_compiles(server, tmp_path):
+    """The server imports inductor's compiler once (jobs on the compiled branches skip about 1 s of
+    imports each); a child forked from it compiles and runs a function like a fresh process."""
+    _, path, _ = server
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        preloaded = "torch._inductor.compile_fx" in sys.modules
+        import torch
+        f = torch.compile(lambda x: torch.nn.functional.gelu(x, approximate="tanh") * 2 + 1, dynamic=False)
+        x = torch.randn(64, 32)
+        print("RESULT", preloaded, torch.allclose(f(x), torch.nn.functional.gelu(x, approximate="tanh") * 2 + 1, atol=1e-6))
+    """))
+    c = client(path, "script", str(script), tmp_path, {"OMP_NUM_THREADS": "1"})
+    assert c.wait(timeout=300) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    assert "RESULT True True" in (tmp_path / "out.log").read_text()
+
+
 def test_a_job_that_raises_prints_its_traceback_and_fails(server, tmp_path):
     _, path, _ = server
     script = tmp_path / "bad.py"
