@@ -750,6 +750,9 @@ def sample_cell(m: dict, schedule_json: str | os.PathLike, out: str | os.PathLik
         generate(cfg, out, shards=shard_range(m, *part), progress=False, keep_shards=True)
 
 
+LATENCY_BRACKET = 3  # cells timed between two runs of the uncached sampler in a latency round
+
+
 def measure_latency(m: dict, schedule_json: str | os.PathLike, nfe: int, **kw: Any) -> dict:
     """The latency record of one cell (:func:`measure_latencies` of a group of one)."""
     return measure_latencies(m, {"cell": schedule_json}, nfe, **kw)["cells"]["cell"]
@@ -759,12 +762,14 @@ def measure_latencies(m: dict, schedules: dict[str, str | os.PathLike], nfe: int
                       repeats: int, warmup: int, seed: int, threads: int | None = None) -> dict:
     """In-process latency of every cell of one (model, NFE) against the uncached sampler at the grid
     NFE, in one process (``l2c.bench.time_sampling``; paper convention: batch with CFG, sampling loop
-    only, no VAE). ``schedules``: cell name -> its schedule or method spec. Each round times the
-    uncached sampler once and every cell once, in a seeded random order (so drift and position hit
-    every cell alike); each cell's latency and the uncached one are medians over ``repeats`` rounds
-    after ``warmup`` untimed runs of each. Returns ``{"cells": {name: record}, ...}``, where a record
-    holds the cell's latency, the shared uncached latency, their ratio and the thop-convention MACs
-    (a caching method: of the decisions its last timed run took)."""
+    only, no VAE). ``schedules``: cell name -> its schedule or method spec. Each of ``repeats`` rounds
+    (after ``warmup`` untimed runs of everything) times every cell once in a seeded random order, with
+    the uncached sampler before the first cell and after every ``LATENCY_BRACKET`` cells, so each cell
+    is timed within seconds of two uncached runs: its speedup is the median over rounds of their mean
+    over its time (drift cancels as in pairwise interleaving, at a third of the uncached runs); its
+    latency is the median of its times, the uncached latency the median of all uncached runs. Returns
+    ``{"cells": {name: record}, ...}``; a record also holds the thop-convention MACs (a caching
+    method: of the decisions its last timed run took)."""
     import random
     import statistics
     from contextlib import nullcontext
@@ -789,27 +794,43 @@ def measure_latencies(m: dict, schedules: dict[str, str | os.PathLike], nfe: int
     runs = {None: dict(nfe=nfe)} | {name: c["run"] for name, c in cases.items() if c["run"] is not None}
     for kw in runs.values():
         time_sampling(model, noise, labels, repeats=0, warmup=warmup, **kw, **common)
-    times: dict[str | None, list[float]] = {name: [] for name in runs}
-    order = list(runs)
+
+    def timed(name: str | None) -> float:
+        return time_sampling(model, noise, labels, repeats=1, warmup=0, **runs[name], **common)[0]
+    names = [name for name in runs if name is not None]
+    full: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
     rng = random.Random(seed)
     for _ in range(repeats):
-        rng.shuffle(order)
-        for name in order:
-            times[name] += time_sampling(model, noise, labels, repeats=1, warmup=0, **runs[name], **common)
-    full = times[None]
+        rng.shuffle(names)
+        before, pending = timed(None), []
+        full.append(before)
+        for i, name in enumerate(names):
+            pending.append((name, timed(name)))
+            if len(pending) == LATENCY_BRACKET or i == len(names) - 1:
+                after = timed(None)
+                full.append(after)
+                for n, t in pending:  # against the uncached runs just before and after it
+                    times[n].append(t)
+                    ratios[n].append((before + after) / 2 / t)
+                before, pending = after, []
     t_full = statistics.median(full)
     env = environment_record(dev, dtype)
     records = {}
     for name, c in cases.items():
-        cached = times[name] if c["run"] is not None else full
-        t_cell = statistics.median(cached)
+        timed_alone = c["run"] is not None
         records[name] = {
             "nfe": nfe, "nfe_sampled": c["nfe_sampled"], "batch": batch, "repeats": repeats, "warmup": warmup,
-            "seed": seed, "cfg_scale": m["cfg_scale"], "latency_full_s": t_full, "latency_s": t_cell,
-            "speedup": t_full / t_cell, "latency_full_all_s": full, "latency_all_s": cached,
-            **c["macs"](), "environment": env}
+            "seed": seed, "cfg_scale": m["cfg_scale"], "latency_full_s": t_full,
+            "latency_s": statistics.median(times[name]) if timed_alone else t_full,
+            "speedup": statistics.median(ratios[name]) if timed_alone else 1.0,
+            "latency_full_all_s": full, "latency_all_s": times[name] if timed_alone else full,
+            "speedup_all": ratios[name] if timed_alone else [1.0] * repeats, **c["macs"](), "environment": env}
     return {"model": m.get("label"), "nfe": nfe, "batch": batch, "repeats": repeats, "warmup": warmup, "seed": seed,
-            "order": "seeded random order per round: the uncached sampler and every cell once",
+            "order": f"per round: the cells in a seeded random order, the uncached sampler before the first and "
+                     f"after every {LATENCY_BRACKET}; speedup: median over rounds of the mean of the two uncached "
+                     "runs around a cell over the cell's time",
             "latency_full_s": t_full, "latency_full_all_s": full, "environment": env, "cells": records}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -261,8 +262,9 @@ def test_method_stages_calibrate_spec_sample_latency_record(tmp_path):
 @pytest.mark.skipif(not EMBEDDED.exists(), reason="needs the embedded checkpoint")
 def test_latency_of_a_group_times_the_uncached_sampler_once_per_round(tmp_path):
     """One latency job per (model, NFE): the uncached cell, a cached schedule, fewer steps and a caching
-    method timed in the same rounds; every record shares the uncached times, has its own times, the
-    MACs of its schedule or decisions, and equals a group of one in everything but the timings."""
+    method timed in the same rounds, the uncached sampler around every 3 cells; every record shares the
+    uncached times, has its own times and per-round speedups, the MACs of its schedule or decisions,
+    and equals a group of one in everything but the timings."""
     from l2c.bench import fraction_schedule
     from l2c.cache import CacheSchedule
     cfg = yaml.safe_load(CONFIG.read_text())
@@ -280,9 +282,14 @@ def test_latency_of_a_group_times_the_uncached_sampler_once_per_round(tmp_path):
     kw = dict(device="cpu", dtype="fp32", batch=2, repeats=3, warmup=0, seed=0, threads=1)
     res = cells.measure_latencies(m, paths, 6, **kw)
     recs = res["cells"]
-    assert set(recs) == set(paths) and len(res["latency_full_all_s"]) == 3
-    assert all(r["latency_full_all_s"] == res["latency_full_all_s"] and len(r["latency_all_s"]) == 3 for r in recs.values())
+    assert set(recs) == set(paths) and cells.LATENCY_BRACKET == 3
+    assert len(res["latency_full_all_s"]) == 3 * 2  # per round: before the first cell and after the third
+    assert all(r["latency_full_all_s"] == res["latency_full_all_s"] for r in recs.values())
     assert recs["full"]["latency_all_s"] == res["latency_full_all_s"] and recs["full"]["speedup"] == 1.0
+    for k in ("cached", "fewer", "method"):
+        r = recs[k]
+        assert len(r["latency_all_s"]) == len(r["speedup_all"]) == 3 and r["speedup"] == statistics.median(r["speedup_all"])
+        assert r["latency_s"] == statistics.median(r["latency_all_s"])
     assert len({tuple(recs[k]["latency_all_s"]) for k in ("cached", "fewer", "method")}) == 3  # timed separately
     per_eval = recs["full"]["macs_per_eval"]
     assert recs["full"]["macs_total"] == recs["full"]["macs_full"] == 6 * per_eval
@@ -290,7 +297,7 @@ def test_latency_of_a_group_times_the_uncached_sampler_once_per_round(tmp_path):
     assert recs["cached"]["macs_total"] < 6 * per_eval and recs["method"]["method"] == "taylorseer"
     assert recs["method"]["macs_total"] < 6 * per_eval
     alone = cells.measure_latency(m, paths["cached"], 6, **kw)
-    timing = {"latency_s", "latency_full_s", "speedup", "latency_all_s", "latency_full_all_s"}
+    timing = {"latency_s", "latency_full_s", "speedup", "latency_all_s", "latency_full_all_s", "speedup_all"}
     assert {k: v for k, v in alone.items() if k not in timing} == {k: v for k, v in recs["cached"].items() if k not in timing}
 
 
