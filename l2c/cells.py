@@ -759,7 +759,7 @@ def measure_latency(m: dict, schedule_json: str | os.PathLike, nfe: int, **kw: A
 
 
 def measure_latencies(m: dict, schedules: dict[str, str | os.PathLike], nfe: int, *, device: str, dtype: str, batch: int,
-                      repeats: int, warmup: int, seed: int, threads: int | None = None) -> dict:
+                      repeats: int, warmup: int, seed: int, threads: int | None = None, progress: bool = False) -> dict:
     """In-process latency of every cell of one (model, NFE) against the uncached sampler at the grid
     NFE, in one process (``l2c.bench.time_sampling``; paper convention: batch with CFG, sampling loop
     only, no VAE). ``schedules``: cell name -> its schedule or method spec. Each of ``repeats`` rounds
@@ -767,7 +767,8 @@ def measure_latencies(m: dict, schedules: dict[str, str | os.PathLike], nfe: int
     the uncached sampler before the first cell and after every ``LATENCY_BRACKET`` cells, so each cell
     is timed within seconds of two uncached runs: its speedup is the median over rounds of their mean
     over its time (drift cancels as in pairwise interleaving, at a third of the uncached runs); its
-    latency is the median of its times, the uncached latency the median of all uncached runs. Returns
+    latency is the median of its times, the uncached latency the median of all uncached runs
+    (``progress``: a bar over the rounds, on stderr). Returns
     ``{"cells": {name: record}, ...}``; a record also holds the thop-convention MACs (a caching
     method: of the decisions its last timed run took)."""
     import random
@@ -775,6 +776,7 @@ def measure_latencies(m: dict, schedules: dict[str, str | os.PathLike], nfe: int
     from contextlib import nullcontext
 
     import torch
+    from tqdm import tqdm
 
     from .bench import DTYPES, time_sampling
     from .io import environment_record
@@ -802,7 +804,7 @@ def measure_latencies(m: dict, schedules: dict[str, str | os.PathLike], nfe: int
     times: dict[str, list[float]] = {name: [] for name in names}
     ratios: dict[str, list[float]] = {name: [] for name in names}
     rng = random.Random(seed)
-    for _ in range(repeats):
+    for _ in tqdm(range(repeats), desc=f"latency rounds ({len(names)} cells)", disable=not progress, mininterval=5):
         rng.shuffle(names)
         before, pending = timed(None), []
         full.append(before)

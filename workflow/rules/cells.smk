@@ -117,8 +117,8 @@ rule evaluate:
         "{params.paired} {params.weights} {params.device} --feature-cache {params.feature_cache} --out {output} > {log} 2>&1"
 
 
-# One job per (model, NFE): the uncached sampler is timed once per round beside every cell of that
-# NFE (its output holds one record per cell, which the cell rows read).
+# One job per (model, NFE) times all its cells, the uncached sampler around every few of them
+# (l2c.cells.measure_latencies); its output holds one record per cell, which the cell rows read.
 rule latency:
     input:
         unpack(latency_inputs),

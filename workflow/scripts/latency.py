@@ -13,6 +13,6 @@ lat = sm.params.model["latency"]
 schedules = {Path(p).stem: p for p in sm.input.schedules}
 res = measure_latencies(sm.params.model, schedules, int(sm.wildcards.nfe), device=sm.params.device,
                         dtype=sm.params.dtype, batch=lat["batch"], repeats=lat["repeats"], warmup=lat["warmup"],
-                        seed=lat["seed"], threads=sm.params.torch_threads)
+                        seed=lat["seed"], threads=sm.params.torch_threads, progress=True)
 res["cores_reserved"] = sm.threads  # every core when latency.exclusive (CPU): nothing ran beside it
 write_json(sm.output[0], res)
