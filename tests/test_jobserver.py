@@ -65,7 +65,7 @@ def test_a_forwarded_script_runs_in_a_child_with_the_jobs_streams_cwd_env_and_st
     assert "[l2c job server] child" in out and "max RSS" in out
 
 
-def test_a_served_child_has_dynamo_imported_and_compiles(server, tmp_path):
+def test_a_served_child_has_the_compiler_imported_and_compiles(server, tmp_path):
     """The server imports inductor's compiler once (jobs on the compiled branches skip about 1 s of
     imports each); a child forked from it compiles and runs a function like a fresh process."""
     _, path, _ = server

@@ -260,7 +260,7 @@ def test_method_stages_calibrate_spec_sample_latency_record(tmp_path):
 
 
 @pytest.mark.skipif(not EMBEDDED.exists(), reason="needs the embedded checkpoint")
-def test_latency_of_a_group_times_the_uncached_sampler_once_per_round(tmp_path):
+def test_latency_of_a_group_brackets_its_cells_with_the_uncached_sampler(tmp_path):
     """One latency job per (model, NFE): the uncached cell, a cached schedule, fewer steps and a caching
     method timed in the same rounds, the uncached sampler around every 3 cells; every record shares the
     uncached times, has its own times and per-round speedups, the MACs of its schedule or decisions,
