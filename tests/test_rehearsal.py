@@ -2,8 +2,8 @@
 stand-in inputs in the official layouts (l2c/rehearsal.py), the planned DAG (local and SLURM), DDIM
 on the U-ViT SD schedule, and the whole rehearsal run end to end (670 jobs, then the report).
 
-Measured on 2 cores in a full `python -m pytest -q` (528 s): the whole run 311 s
-(test_rehearsal_end_to_end); the other tests of this file seconds each, the slowest the dry run of
+Measured on 2 cores in a full `python -m pytest -q` (528 s) at revision 1b02cc0 (757 jobs then: one
+latency job per cell): the whole run 311 s (test_rehearsal_end_to_end); the other tests of this file seconds each, the slowest the dry run of
 the whole DAG (6.6 s)."""
 from __future__ import annotations
 
@@ -330,7 +330,7 @@ def test_rehearsal_end_to_end(tmp_path):
     18 routers, 95 cells (2-job sampling fan-out + merge with VAE decoding, inception-adm evaluation
     with FID/sFID/IS/P/R/paired PSNR and the clean-fid cross-check, latency), 10 tables with the paper's
     values beside the paper cells, every figure, the report; the official routers where ../shared
-    holds them. Measured on 2 CPU cores: 5 min 11 s (310.6 s) for this test, report and checks
+    holds them. Measured on 2 CPU cores at revision 1b02cc0 (757 jobs then): 5 min 11 s (310.6 s) for this test, report and checks
     included; the workflow alone 4 min 36 s (`python benchmarks/workflow_time.py --configfile
     config/rehearsal.yaml --variants server`, docs/workflow.md)."""
     cfg = load(REHEARSAL)
