@@ -11,7 +11,9 @@ For each model (the committed digits DiT and U-ViT) and thread count it measures
   implementation of the model's linear layers would reach);
 - the model FLOP rate of uncached and cached sampling (the cached schedule: the workflow's
   L2C-like budget, a seeded random 45 % of the sub-layers reused in every cache step), eager and
-  through the compiled path (``CacheEngine(compile=True)``, compile warm-up excluded and printed).
+  through the compiled path (``CacheEngine(compile=True)``, compile warm-up excluded and printed),
+  and through the compiled path without its graph rewrites (``compiled-plain``: ``rewrites=False``,
+  ``l2c/compile_passes.py``), so the rewrites' share shows in the same run.
 Model FLOPs: 2 x the MACs actually computed, in two conventions printed side by side: ``linear``
 (the thop convention of the paper's MACs column: Linear/Conv layers only) and ``all`` (plus the
 attention matmuls, 2 x tokens^2 x width per attention layer). The ratio column is model rate /
@@ -90,13 +92,13 @@ def sgemm_rate(shapes: list[tuple[int, int, int, bool]], repeats: int) -> float:
     return flops / secs
 
 
-def sampling_rate(model: nn.Module, sampler: str, nfe: int, batch: int, schedule: Any, compile: bool,
+def sampling_rate(model: nn.Module, sampler: str, nfe: int, batch: int, schedule: Any, path: str,
                   repeats: int) -> tuple[float, float]:
     """(median seconds of one sampling run, seconds of the first run incl. any compilation)."""
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g)
     labels = torch.randint(model.num_classes, (batch,), generator=g)
-    engine = CacheEngine(model, schedule, compile=True) if compile else None
+    engine = None if path == "eager" else CacheEngine(model, schedule, compile=True, rewrites=path == "compiled")
     kw = dict(sampler=sampler, nfe=nfe, cfg_scale=1.5, schedule=schedule, engine=engine)
     t0 = time.perf_counter()
     sample(model, noise, labels, **kw)
@@ -113,7 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--batch", type=int, default=250, help="images per sampling batch (the workflow's: 250)")
+    ap.add_argument("--batch", type=int, default=50, help="images per sampling batch (the workflow's: 50, both rows)")
     ap.add_argument("--nfe", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true", help="eager only")
@@ -125,7 +127,7 @@ def main() -> None:
         env = environment_record("cpu", "fp32")
         print(f"\n{env['device_name']} | threads {threads} | fp32 | torch {env['torch']} | rev {env['git_revision']} | "
               f"batch {a.batch} (x2 CFG), NFE {a.nfe}")
-        print(f"{'model':6s}{'path':10s}{'schedule':10s}{'seconds':>9s}{'GFLOP/s lin':>13s}{'GFLOP/s all':>13s}"
+        print(f"{'model':6s}{'path':16s}{'schedule':10s}{'seconds':>9s}{'GFLOP/s lin':>13s}{'GFLOP/s all':>13s}"
               f"{'sgemm GFLOP/s':>15s}{'ratio':>8s}{'1st run s':>11s}")
         for key in a.models:
             file, sampler = MODELS[key]
@@ -142,8 +144,8 @@ def main() -> None:
                 rep = macs_report(mm, sched, a.nfe)
                 # attention matmuls skipped with their branch in cache steps
                 attn_total = attn * a.nfe - (attn / depth) * (0 if sched is None else int((~sched.compute[:, :, 0]).sum()))
-                for path in (["eager"] if a.no_compile else ["eager", "compiled"]):
-                    secs, first = sampling_rate(model, sampler, a.nfe, a.batch, sched, path == "compiled", a.repeats)
+                for path in (["eager"] if a.no_compile else ["eager", "compiled-plain", "compiled"]):
+                    secs, first = sampling_rate(model, sampler, a.nfe, a.batch, sched, path, a.repeats)
                     lin = 2.0 * rep["macs_total"] * 2 * a.batch / secs
                     allf = lin + 2.0 * attn_total * 2 * a.batch / secs
                     row = {"model": key, "threads": threads, "path": path, "schedule": sched_name, "seconds": secs,
@@ -151,7 +153,7 @@ def main() -> None:
                            "sgemm_gflops": peak / 1e9, "ratio": lin / peak, "batch": a.batch, "nfe": a.nfe,
                            "sampler": sampler, "environment": env}
                     rows.append(row)
-                    print(f"{key:6s}{path:10s}{sched_name:10s}{secs:9.3f}{lin / 1e9:13.1f}{allf / 1e9:13.1f}"
+                    print(f"{key:6s}{path:16s}{sched_name:10s}{secs:9.3f}{lin / 1e9:13.1f}{allf / 1e9:13.1f}"
                           f"{peak / 1e9:15.1f}{lin / peak:8.2f}{first:11.2f}", flush=True)
     if a.json:
         write_json(a.json, {"rows": rows})

@@ -215,24 +215,28 @@ class CacheSchedule:
             raise L2CError(f"{path}: cache schedule lacks the key {e}") from e
 
 
-_COMPILED_BRANCHES: dict[tuple[type, str], Any] = {}  # (block class, branch) -> compiled unbound branch
+_COMPILED_BRANCHES: dict[tuple[type, str, bool], Any] = {}  # (block class, branch, rewrites) -> compiled unbound branch
 
 
-def branch_function(block: nn.Module, name: str, compile: bool = False) -> Any:
+def branch_function(block: nn.Module, name: str, compile: bool = False, rewrites: bool = True) -> Any:
     """``block.<name>_branch`` as the model class defines it (bound to ``block``); with ``compile``,
     through one ``torch.compile``d function per block class and branch, shared by every block of
     that class and every engine of this process: parameters are graph inputs, so the 28 blocks of a
     DiT-XL/2 share two graphs (attention, MLP), whatever the schedule, step or caching method, and
     the cache engine's decisions stay eager Python around them. Compiled kernels are also cached on
-    disk by inductor, so later processes on the machine load rather than compile them."""
+    disk by inductor, so later processes on the machine load rather than compile them. The graphs
+    go through :mod:`l2c.compile_passes` (the same mathematics, computed faster; ``rewrites=False``:
+    compiled as the model class writes them, for benchmarks that measure the rewrites)."""
     fn = getattr(type(block), f"{name}_branch")
     if not compile:
         return fn.__get__(block)
     import functools
 
-    key = (type(block), name)
+    from .compile_passes import inductor_options
+
+    key = (type(block), name, rewrites)
     if key not in _COMPILED_BRANCHES:
-        _COMPILED_BRANCHES[key] = torch.compile(fn, dynamic=False)
+        _COMPILED_BRANCHES[key] = torch.compile(fn, dynamic=False, options=inductor_options() if rewrites else None)
     return functools.partial(_COMPILED_BRANCHES[key], block)
 
 
@@ -248,14 +252,16 @@ class CacheEngine:
 
     ``compile=True``: every branch runs through its compiled function (:func:`branch_function`):
     two graphs per block class, compiled once per process (and loaded from inductor's disk cache
-    by later processes); outputs equal eager ones up to fp32 reassociation (tested on CPU).
+    by later processes); outputs equal eager ones up to fp32 rounding (tested on CPU).
+    ``rewrites=False``: the compiled branches without :mod:`l2c.compile_passes` (benchmarks).
     """
 
-    def __init__(self, model: nn.Module, schedule: CacheSchedule | None = None, compile: bool = False):
+    def __init__(self, model: nn.Module, schedule: CacheSchedule | None = None, compile: bool = False,
+                 rewrites: bool = True):
         self.model = model
         self.blocks = cacheable_blocks(model)
         self.schedule = schedule
-        self._overrides = {(b, name): self._branch(b, s, branch_function(block, name, compile))
+        self._overrides = {(b, name): self._branch(b, s, branch_function(block, name, compile, rewrites))
                            for b, block in enumerate(self.blocks) for s, name in enumerate(BRANCHES)}
         if schedule is not None:
             schedule.check_model(model)
@@ -264,7 +270,7 @@ class CacheEngine:
         self.mode = "off"
         self.step = 0
         self.stream = 0
-        self.mix: torch.Tensor | None = None  # [blocks, 2] reuse weights r in mix modes
+        self.mix: torch.Tensor | None = None  # reuse weights r in mix modes: [blocks, 2], or [blocks, 2, batch] per sample
         self.cache: dict[tuple[int, int, int], torch.Tensor] = {}
         self.calls = np.zeros((len(self.blocks), 2), dtype=np.int64)  # branch evaluations (for tests/accounting)
 
@@ -302,6 +308,8 @@ class CacheEngine:
                 self.cache[key] = out
                 return out
             r = self.mix[b, s]
+            if r.ndim:  # per-sample weights [batch] (routers trained side by side in one batch)
+                r = r.reshape(r.shape + (1,) * (out.ndim - 1))
             if mode == "mix":
                 return r * self.cache[key] + (1 - r) * out
             if mode == "mix-update":  # soft free-age cache along a trajectory: the mixed value becomes the cache

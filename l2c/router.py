@@ -13,9 +13,16 @@ of the logits to [-c, c] after every step (DiT: 5) and optional straight-through
 branch is (1-r)*fresh, i.e. a skipped branch contributes nothing instead of its cached value.
 
 ``train_routers`` trains several lambdas (and L2C beside learning-to-drop) in one pass: the draws,
-the cache fill and the teacher of an iteration do not depend on the router, so they run once and
-only the students, backwards and optimizer steps run per router; each router is bit-identical to
-training it alone."""
+the cache fill and the teacher of an iteration do not depend on the router, so they run once; the
+routers' students run side by side in one batch (``stack_students`` at a time) with one backward of
+their summed losses (a router's logits reach only its own loss), and each router takes its own
+optimizer step. Each router is bit-identical to training it alone: no operation mixes the rows of
+two samples, and the kernels compute a row the same in any batch (tested).
+
+``compile=True`` runs the branches through the compiled path, forward and backward (one graph per
+branch, batch shape and grad mode, compiled once per machine through inductor's disk cache): the
+same gradients to fp32 rounding (tested), worth its warm-up on long runs of the trajectory objective
+(``python benchmarks/router_paths.py``)."""
 from __future__ import annotations
 
 import json
@@ -66,6 +73,8 @@ class RouterConfig:
     log_every: int = 50
     threads: int | None = None
     device: str = "cpu"  # cuda for the paper's models; the router, caches and batches live there
+    stack_students: int = 0  # routers trained together whose students share one batch (0: all; fewer: less memory)
+    compile: bool = False  # the model's branches through the compiled path (l2c.cache.branch_function), forward and backward
 
 
 def _reuse_weights(beta_row: torch.Tensor, cfg: RouterConfig) -> torch.Tensor:
@@ -102,8 +111,8 @@ def train_routers(cfgs: list[RouterConfig], out_dirs: list[str | os.PathLike], p
     """Train several routers that differ only in lambda (single-step ones also in L2C vs drop) in one
     pass, each into its own folder as :func:`train_router` writes it. Every iteration draws its
     batch, runs the no-grad passes that do not depend on the router (the cache fill and the teacher;
-    the teacher trajectory for the trajectory objective) once, then each router's student, backward
-    and AdamW step. The draws and the shared passes do not depend on any router, so each router is
+    the teacher trajectory for the trajectory objective) once, then the routers' students side by
+    side in one batch, one backward, and each router's AdamW step. The draws and the shared passes do not depend on any router, so each router is
     bit-identical to training it alone, for a fraction of the cost. Routers whose checkpoints stand
     at different steps resume in separate passes. A router already at its last step is not trained
     again: the first one's files are rewritten from its checkpoint, the others' are left as they
@@ -226,7 +235,7 @@ class _Setup:
             d = dpm_defaults(model)
             self.plan = dpm2_plan(cfg.nfe, d["noise_schedule"], d["time_input"])
         self.steps_t = torch.tensor(self.cache_steps)
-        self.engine = CacheEngine(model)
+        self.engine = CacheEngine(model, compile=cfg.compile)
 
 
 def _joint_pass(env: _Setup, runs: list[_Run], progress: bool, timings: dict[str, list[float]] | None) -> None:
@@ -325,12 +334,36 @@ def _drop_labels(y: torch.Tensor, null: int, p: float, gen: torch.Generator) -> 
     return torch.where(torch.rand(y.shape[0], generator=gen) < p, torch.full_like(y, null), y)
 
 
+def _stacks(runs: list[_Run]) -> list[list[_Run]]:
+    """The routers whose students run side by side in one batch (``stack_students`` at a time; 0: all)."""
+    n = runs[0].cfg.stack_students or len(runs)
+    return [runs[i:i + n] for i in range(0, len(runs), n)]
+
+
+def _stacked_mix(betas: list[torch.Tensor], cfgs: list[RouterConfig], batch: int, depth: int) -> torch.Tensor:
+    """Per-sample reuse weights [blocks, 2, len(betas) * batch]: rows j*batch .. (j+1)*batch - 1 are
+    router j's student (the engine broadcasts them over each sample's tokens and channels)."""
+    r = torch.stack([_reuse_weights(b, c) for b, c in zip(betas, cfgs)])  # [routers, 2*blocks]
+    return r.repeat_interleave(batch, dim=0).T.reshape(depth, 2, -1)
+
+
+def _stack_cache(engine: CacheEngine, fills: list[bool]) -> dict:
+    """The cache a stack of students reads: the filled entries once per student, zeros for a
+    learning-to-drop student ((1-r)*fresh = r*0 + (1-r)*fresh)."""
+    return {key: torch.cat([v if f else torch.zeros_like(v) for f in fills]) for key, v in engine.cache.items()}
+
+
+def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
+    return t.repeat((n,) + (1,) * (t.ndim - 1))
+
+
 def _single_step_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator,
                            timings: dict[str, list[float]] | None = None) -> list[tuple[float, float]]:
     """One L2C / learning-to-drop iteration of every router in ``runs`` (see the module docstring):
-    the draws, the cache fill and the teacher once, then each router's student and backward.
-    Returns (loss, mse) per router. Random draws come from the CPU generator ``gen`` (the same run
-    on any device), tensors live on the routers' device."""
+    the draws, the cache fill and the teacher once, then the routers' students side by side in one
+    batch (``stack_students`` at a time) and one backward of the sum of their losses (each router's
+    logits reach only its own loss). Returns (loss, mse) per router. Random draws come from the CPU
+    generator ``gen`` (the same run on any device), tensors live on the routers' device."""
     model, engine, cfg, dev = env.model, env.engine, env.cfg, env.dev
     C, B = model.in_channels, cfg.batch_size
     depth = env.n_sub // 2
@@ -341,36 +374,41 @@ def _single_step_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator,
         y = _drop_labels(y, model.num_classes, cfg.label_dropout, gen).to(dev)
         x0 = x0.to(dev)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
-    fill = "fill" if any(r.cfg.objective == "cache" for r in runs) else "off"
     with torch.no_grad():
         with _phase(timings, "cache_fill", dev):
             if plan is None:  # DDIM: full step s = m-1 (respaced index i_s) -> cache step m
                 i_m, i_s = cfg.nfe - 1 - m, cfg.nfe - m
                 x_s = diffusion.q_sample(x0, torch.full((B,), i_s, device=dev), noise)
-                eps = engine(model, x_s, ts[i_s].expand(B), y, step=m - 1, mode=fill)[:, :C]
+                eps = engine(model, x_s, ts[i_s].expand(B), y, step=m - 1, mode="fill")[:, :C]
                 x_m, _ = diffusion.ddim_step(x_s, eps, i_s, coef)
                 t_m = ts[i_m].expand(B)
             else:  # DPM-Solver-2, shifted: outer step m/2-1 (its midpoint m-1 fills the cache) -> evaluation m
                 from .dpm_solver import dpm2_step
                 prev = plan.steps[m // 2 - 1]
                 x_s = prev.alpha_s * x0 + prev.sigma_s * noise
-                x_m, _ = dpm2_step(lambda x, t, k: engine(model, x, t, y, step=k, mode=fill if k == m - 1 else "off")[:, :C],
+                x_m, _ = dpm2_step(lambda x, t, k: engine(model, x, t, y, step=k, mode="fill" if k == m - 1 else "off")[:, :C],
                                    x_s, plan, m // 2 - 1)
                 t_m = torch.full((B,), plan.steps[m // 2].model_t_s, device=dev)
         with _phase(timings, "teacher", dev):
             teacher = engine(model, x_m, t_m, y, step=m, mode="off")
+    filled = engine.cache
     out = []
-    for run in runs:
-        rc, beta = run.cfg, run.beta
+    for stack in _stacks(runs):
+        n = len(stack)
         with _phase(timings, "student", dev):
-            r = _reuse_weights(beta[m], rc).reshape(depth, 2)
-            student = engine(model, x_m, t_m, y, step=m, mode="mix" if rc.objective == "cache" else "drop-mix", mix=r)
-            sq = (student - teacher).pow(2)
-            mse = sq.mean() if rc.reduction == "mean" else sq.flatten(1).sum(1).mean()
-            loss = mse + rc.lam * torch.sigmoid(beta[m]).sum()
+            engine.cache = _stack_cache(engine, [r.cfg.objective == "cache" for r in stack]) if n > 1 or \
+                stack[0].cfg.objective != "cache" else filled
+            mix = _stacked_mix([r.beta[m] for r in stack], [r.cfg for r in stack], B, depth)
+            student = engine(model, _repeat(x_m, n), _repeat(t_m, n), _repeat(y, n), step=m, mode="mix", mix=mix)
+            engine.cache = filled
+            losses = []
+            for j, run in enumerate(stack):
+                sq = (student[j * B:(j + 1) * B] - teacher).pow(2)
+                mse = sq.mean() if run.cfg.reduction == "mean" else sq.flatten(1).sum(1).mean()
+                losses.append((mse + run.cfg.lam * torch.sigmoid(run.beta[m]).sum(), mse))
         with _phase(timings, "backward", dev):
-            loss.backward()
-            out.append((loss.item(), mse.item()))
+            sum(loss for loss, _ in losses).backward()
+            out += [(loss.item(), mse.item()) for loss, mse in losses]
     engine.cache.clear()
     return out
 
@@ -379,13 +417,16 @@ def _trajectory_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator) -
     """One trajectory-trained iteration (HarmoniCa-style, image-free) of every router in ``runs``:
     from fresh noise, the teacher samples fully (once) while each router's student samples with its
     soft router on its own trajectory (so each step sees the cache errors of the steps before it;
-    soft caches of any age via ``mix-update``). Loss = mean over steps k >= 1 of
-    ||x0_student(k) - x0_teacher(k)||^2 (the predicted clean image, a proxy of the final-image error)
-    + lambda * mean_k sum_j sigmoid(beta[k][j]). States are detached between steps (truncated
-    backpropagation), so each step's graph is freed after its backward. ``trajectory_loss ==
-    "final"``: the loss is the final image's error ||x_student - x_teacher||^2 + the same penalty,
-    backpropagated through the whole student trajectory (the states are not detached; the cached
-    values are), in one backward at the end. Returns (loss, mse) per router."""
+    soft caches of any age via ``mix-update``); the students run side by side in one batch
+    (``stack_students`` at a time) from the teacher's first step, which they share (no step reuses
+    before it). Loss = mean over steps k >= 1 of ||x0_student(k) - x0_teacher(k)||^2 (the predicted
+    clean image, a proxy of the final-image error) + lambda * mean_k sum_j sigmoid(beta[k][j]).
+    States are detached between steps (truncated backpropagation), so each step's graph is freed
+    after its backward. ``trajectory_loss == "final"``: the loss is the final image's error
+    ||x_student - x_teacher||^2 + the same penalty, backpropagated through the whole student
+    trajectory (the states are not detached; the cached values are), in one backward at the end.
+    Each backward is of the sum of the stacked routers' losses (a router's logits reach only its
+    own). Returns (loss, mse) per router."""
     model, engine, cfg, dev = env.model, env.engine, env.cfg, env.dev
     C, B, n = model.in_channels, cfg.batch_size, cfg.nfe
     depth = env.n_sub // 2
@@ -398,39 +439,40 @@ def _trajectory_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator) -
     with torch.no_grad():
         for k in range(n):
             i = n - 1 - k
-            xt, x0_t = diffusion.ddim_step(xt, engine(model, xt, ts[i].expand(B), y, step=k, mode="off")[:, :C], i, coef)
+            xt, x0_t = diffusion.ddim_step(xt, engine(model, xt, ts[i].expand(B), y, step=k, mode="fill" if k == 0 else "off")[:, :C], i, coef)
             teacher_x0.append(x0_t)
-    out = []
-    for run in runs:
-        rc, beta = run.cfg, run.beta
-        xs = x
-        tot_loss = tot_mse = 0.0
-        penalty = 0.0
-        for k in range(n):
-            i = n - 1 - k
-            t = ts[i].expand(B)
             if k == 0:
-                with torch.no_grad():
-                    xs_next, _ = diffusion.ddim_step(xs, engine(model, xs, t, y, step=0, mode="fill")[:, :C], i, coef)
+                x1 = xt  # every student's state after step 0, whose branch outputs fill the cache
+    filled = engine.cache
+    out = []
+    for stack in _stacks(runs):
+        s = len(stack)
+        engine.cache = {key: _repeat(v, s) for key, v in filled.items()}
+        xs, ys = _repeat(x1, s), _repeat(y, s)
+        tot = [[0.0, 0.0] for _ in stack]
+        penalty = [0.0] * s
+        for k in range(1, n):
+            i = n - 1 - k
+            mix = _stacked_mix([r.beta[k] for r in stack], [r.cfg for r in stack], B, depth)
+            xs_next, x0_s = diffusion.ddim_step(xs, engine(model, xs, ts[i].expand(s * B), ys, step=k, mode="mix-update", mix=mix)[:, :C], i, coef)
+            pens = [r.cfg.lam * torch.sigmoid(r.beta[k]).sum() for r in stack]
+            if final:
+                penalty = [p + q / (n - 1) for p, q in zip(penalty, pens)]
             else:
-                r = _reuse_weights(beta[k], rc).reshape(depth, 2)
-                xs_next, x0_s = diffusion.ddim_step(xs, engine(model, xs, t, y, step=k, mode="mix-update", mix=r)[:, :C], i, coef)
-                if final:
-                    penalty = penalty + rc.lam * torch.sigmoid(beta[k]).sum() / (n - 1)
-                else:
-                    mse = (x0_s - teacher_x0[k]).pow(2).mean()
-                    loss = (mse + rc.lam * torch.sigmoid(beta[k]).sum()) / (n - 1)
-                    loss.backward()
-                    tot_loss += loss.item()
-                    tot_mse += mse.item() / (n - 1)
+                mses = [(x0_s[j * B:(j + 1) * B] - teacher_x0[k]).pow(2).mean() for j in range(s)]
+                losses = [(mse + p) / (n - 1) for mse, p in zip(mses, pens)]
+                sum(losses).backward()
+                for t, loss, mse in zip(tot, losses, mses):
+                    t[0] += loss.item()
+                    t[1] += mse.item() / (n - 1)
             xs = xs_next if final else xs_next.detach()
         if final:
-            mse = (xs - xt).pow(2).mean()
-            loss = mse + penalty
-            loss.backward()
-            tot_loss, tot_mse = loss.item(), mse.item()
-        engine.cache.clear()
-        out.append((tot_loss, tot_mse))
+            mses = [(xs[j * B:(j + 1) * B] - xt).pow(2).mean() for j in range(s)]
+            losses = [mse + p for mse, p in zip(mses, penalty)]
+            sum(losses).backward()
+            tot = [[loss.item(), mse.item()] for loss, mse in zip(losses, mses)]
+        out += [tuple(t) for t in tot]
+    engine.cache.clear()
     return out
 
 

@@ -95,7 +95,7 @@ RULES: dict[str, Rule] = {
     **{k: POSITIVE for k in ("steps", "batch_size", "batch", "num_samples", "shard_size", "threads", "repeats",
                              "iters", "image_size", "in_channels", "num_classes", "depth", "interval", "limit",
                              "n_main", "n_cache", "ckpt_every", "log_every", "cfg_channels", "encoder_blocks")},
-    **{k: COUNT for k in ("warmup", "budget", "shallow", "deep_from", "warmup_steps")},
+    **{k: COUNT for k in ("warmup", "budget", "shallow", "deep_from", "warmup_steps", "stack_students")},
     "seed": SEED, "seeds": SEED,
     "theta": UNIT, "thetas": UNIT, "reuse_fraction": UNIT, "ste_threshold": UNIT, "lr_decay_to": UNIT,
     "label_dropout": Rule(float, 0, 1, hi_open=True), "ema_decay": Rule(float, 0, 1, hi_open=True),

@@ -31,6 +31,25 @@ def test_roofline_runs_and_reports_ratios(tmp_path):
     assert "sgemm GFLOP/s" in r.stdout and "rev " in r.stdout
 
 
+def test_router_paths_trains_one_workflow_job_on_each_path(tmp_path):
+    """benchmarks/router_paths.py trains the routers of one workflow job (the main config's
+    single-step group: three L2C lambdas and learning-to-drop) on each path it is given, and the
+    stacked students give the one-by-one routers bit for bit."""
+    out = tmp_path / "paths.json"
+    r = subprocess.run([sys.executable, str(BENCH / "router_paths.py"), "--objective", "single-step", "--steps", "1",
+                        "--rounds", "1", "--paths", "one-by-one", "stacked", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=BENCH.parent)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["routers"] == [["cache", 1e-5], ["cache", 1e-4], ["cache", 1e-3], ["drop", 1e-4]] and d["config_steps"] == 300
+    rows = d["paths"]
+    assert list(rows) == ["one-by-one", "stacked"] and rows["one-by-one"]["speedup"] == 1.0
+    assert rows["stacked"]["bit_identical_to_baseline"] is True
+    for row in rows.values():
+        assert row["job_s_projected"] == pytest.approx(row["warmup_s"] + 300 * row["s_per_it"])
+    assert "rev " in r.stdout and "bit for bit" in r.stdout
+
+
 def test_vs_official_plan_is_the_schedule():
     sys.path.insert(0, str(BENCH))
     from vs_official import install_plan

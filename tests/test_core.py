@@ -13,7 +13,7 @@ from l2c.cache import CacheEngine, CacheSchedule, default_cache_steps
 from l2c.diffusion import Diffusion, space_timesteps
 from l2c.io import L2CError
 from l2c.macs import macs_for
-from l2c.models import create_model, load_model, load_weights
+from l2c.models import cacheable_blocks, create_model, load_model, load_weights
 from l2c.models.dit import modulate
 from l2c.sampling import sample
 
@@ -360,6 +360,54 @@ def test_cli_macs_json(capsys):
     assert rep["macs_total"] / 1e12 == pytest.approx(1.14, rel=0.005)
     assert main(["macs", "--model", "DiT-XXL/2", "--nfe", "10"]) == 2
     assert "unknown model name" in capsys.readouterr().err
+
+
+def test_compiled_branches_compute_the_tanh_gelu_as_a_sigmoid_within_fp32_rounding():
+    """l2c.compile_passes: x * sigmoid(2u) is the tanh-form GELU to fp32 rounding (no further from
+    the fp64 value than eager fp32 is, over the range activations reach and far beyond, no NaN or
+    inf), and the rewrite replaces exactly the tanh-form GELU of a Dynamo graph (DiT's MLP branch,
+    whose output stays within fp32 rounding), not the exact GELU (U-ViT's)."""
+    import torch.nn.functional as F
+
+    from l2c.compile_passes import PASS_VERSION, gelu_tanh_as_sigmoid, inductor_options, rewrite_tanh_gelu
+    x = torch.cat([torch.linspace(-12, 12, 200001), torch.tensor([-1e4, -100.0, 100.0, 1e4, 3e13])])
+    ref = F.gelu(x.double(), approximate="tanh")
+    fast, eager = gelu_tanh_as_sigmoid(x).double(), F.gelu(x, approximate="tanh").double()
+    assert torch.isfinite(fast).all()
+    scale = ref.abs().clamp_min(1e-3)  # relative error; absolute near the zero crossing
+    eps = torch.finfo(torch.float32).eps
+    assert ((fast - ref).abs() / scale).max() <= 2 * ((eager - ref).abs() / scale).max() + 2 * eps
+    assert not torch.equal(fast, eager)  # another evaluation, not the same kernel
+
+    def rewritten_branch(block: nn.Module, *args: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """The block's MLP branch through Dynamo's graph, rewritten, run eagerly (no inductor)."""
+        counts = []
+
+        def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+            counts.append(rewrite_tanh_gelu(gm.graph))
+            gm.recompile()
+            return gm.forward
+        torch._dynamo.reset()
+        try:
+            with torch.no_grad():
+                out = torch.compile(type(block).mlp_branch, backend=backend, dynamic=False)(block, *args)
+        finally:
+            torch._dynamo.reset()
+        return sum(counts), out
+    dit = tiny_model()
+    blk = dit.blocks[0]
+    width = blk.norm1.normalized_shape[0]
+    h, shift, scale_ = torch.randn(3, 16, width), torch.randn(3, width), torch.randn(3, width)
+    n, out = rewritten_branch(blk, h, shift, scale_)
+    with torch.no_grad():
+        ref_out = blk.mlp_branch(h, shift, scale_)
+    assert n == 1 and not torch.equal(out, ref_out)
+    assert ((out - ref_out).abs().max() / ref_out.abs().max()) <= eps * width
+    uvit = create_model("U-ViT-Micro/2", input_size=8, in_channels=2, num_classes=5).eval()
+    ublk = cacheable_blocks(uvit)[0]
+    n, out = rewritten_branch(ublk, torch.randn(3, 17, ublk.norm1.normalized_shape[0]))
+    assert n == 0
+    assert inductor_options()["pre_grad_custom_pass"].uuid() == PASS_VERSION  # in inductor's cache keys
 
 
 @pytest.mark.skipif(not any(__import__("shutil").which(c) for c in ("g++", "clang++", "c++")),

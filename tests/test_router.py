@@ -57,9 +57,10 @@ def test_router_resume_equals_uninterrupted(tiny_ckpt, tmp_path):
 
 @pytest.mark.parametrize("kind", ["single-step", "trajectory"])
 def test_routers_trained_together_equal_routers_trained_alone(tiny_ckpt, tmp_path, kind):
-    """One joint pass (shared draws, cache fill and teacher) gives every router bit for bit what
-    training it alone gives, including a learning-to-drop router beside L2C ones and a joint run
-    resumed from its checkpoints; a finished router is only rewritten from its checkpoint."""
+    """One joint pass (shared draws, cache fill and teacher; the students side by side in one batch,
+    or two at a time) gives every router bit for bit what training it alone gives, including a
+    learning-to-drop router beside L2C ones and a joint run resumed from its checkpoints; a finished
+    router is only rewritten from its checkpoint."""
     from l2c.router import train_routers
     if kind == "trajectory":
         members = [dict(objective="trajectory", lam=1e-3), dict(objective="trajectory", lam=0.05)]
@@ -74,6 +75,9 @@ def test_routers_trained_together_equal_routers_trained_alone(tiny_ckpt, tmp_pat
     for j, a in zip(joint, alone):
         assert torch.equal(load_router(j)["beta"], load_router(a)["beta"])
         assert (j.parent / "train_log.jsonl").read_text().count("\n") == (a.parent / "train_log.jsonl").read_text().count("\n")
+    pairs = train_routers([RouterConfig(**{**c.__dict__, "stack_students": 2}) for c in cfgs],
+                          [tmp_path / f"p{i}" for i in range(len(cfgs))], progress=False)
+    assert all(torch.equal(load_router(p)["beta"], b) for p, b in zip(pairs, betas))
     assert not torch.equal(betas[0], betas[1])  # the lambdas did train different routers
     rec = json.loads((joint[1].parent / "record.json").read_text())
     assert rec["routers_trained_together"] == len(cfgs) and rec["trained_with"] == [[c.objective, c.lam] for c in cfgs]
@@ -284,6 +288,33 @@ def test_router_device_and_random_data_errors(tiny_ckpt, tmp_path):
     assert torch.equal(d.x, load_dataset("random:1x8x8:10:32").x)  # seeded
     with pytest.raises(L2CError, match=r"random:CxHxW:CLASSES"):
         load_dataset("random:8x8:10")
+
+
+@pytest.mark.skipif(not any(__import__("shutil").which(c) for c in ("g++", "clang++", "c++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_router_training_gives_eager_gradients(tiny_ckpt, tmp_path):
+    """compile=True (the branches compiled, forward and backward): the losses and every router's
+    logit gradients of a trajectory iteration (two routers stacked, the final-image loss through
+    the whole trajectory) equal eager ones to fp32 rounding."""
+    from l2c.router import _Run, _Setup, _trajectory_iteration
+    m = load_model(tiny_ckpt).requires_grad_(False)
+    res = {}
+    for compile in (False, True):
+        cfgs = [RouterConfig(objective="trajectory", trajectory_loss="final", nfe=4, lam=lam, batch_size=3, compile=compile)
+                for lam in (0.0, 0.1)]
+        env = _Setup(m, cfgs[0], torch.device("cpu"))
+        runs = [_Run(c, tmp_path / f"{compile}{i}") for i, c in enumerate(cfgs)]
+        for i, r in enumerate(runs):
+            r.beta = torch.randn(4, 8, generator=torch.Generator().manual_seed(i)).requires_grad_(True)
+        with env.engine.installed():
+            losses = _trajectory_iteration(env, runs, torch.Generator().manual_seed(0))
+        res[compile] = (losses, [r.beta.grad.clone() for r in runs])
+    for (le, me), (lc, mc) in zip(res[False][0], res[True][0]):
+        assert lc == pytest.approx(le, rel=1e-4) and mc == pytest.approx(me, rel=1e-4)
+    for ge, gc in zip(res[False][1], res[True][1]):
+        assert ge.abs().max() > 0
+        torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-4 * float(ge.abs().max()))
+    torch._dynamo.reset()
 
 
 def test_trajectory_final_loss_reaches_every_step(tiny_ckpt, tmp_path):

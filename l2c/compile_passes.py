@@ -1,0 +1,68 @@
+"""Graph rewrites of the compiled branches (``CacheEngine(compile=True)``, :func:`l2c.cache.branch_function`).
+
+The eager model is the official computation, bit for bit; the compiled path may compute the same
+mathematics another way where that is faster, within fp32 rounding of the eager result (tested in
+``tests/test_core.py``). One rewrite so far:
+
+- **GELU, tanh form** (DiT's MLP): ``0.5 x (1 + tanh(u))`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``
+  equals ``x * sigmoid(2u)``; inductor's CPU kernels evaluate the sigmoid (one exp) several times
+  faster than the tanh (``python benchmarks/gelu_forms.py``), and both stay within 1 ulp-scale of
+  the fp64 value. The rewrite runs on Dynamo's graph before AOT autograd (inductor's
+  ``pre_grad_custom_pass``) and names itself in inductor's cache keys (``uuid``), so a kernel
+  compiled without it is never loaded for a graph compiled with it, or the reverse.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+GELU_2U = 2 * math.sqrt(2 / math.pi)  # 2u = GELU_2U * (x + 0.044715 x^3)
+PASS_VERSION = "l2c-compile-passes-1"  # change with any change of the rewrites below (inductor cache keys)
+
+
+def gelu_tanh_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """GELU's tanh approximation, ``0.5 x (1 + tanh(u))``, computed as the equal ``x * sigmoid(2u)``."""
+    return x * torch.sigmoid(GELU_2U * (x + 0.044715 * (x * x * x)))
+
+
+def _is_tanh_gelu(node: torch.fx.Node) -> bool:
+    if node.op != "call_function" or node.target not in (torch._C._nn.gelu, F.gelu):
+        return False
+    approximate = node.kwargs.get("approximate", node.args[1] if len(node.args) > 1 else "none")
+    return approximate == "tanh"
+
+
+def rewrite_tanh_gelu(graph: torch.fx.Graph) -> int:
+    """Replace every tanh-form GELU call of a Dynamo graph by :func:`gelu_tanh_as_sigmoid`; returns
+    how many it replaced."""
+    found = [n for n in graph.nodes if _is_tanh_gelu(n)]
+    for node in found:
+        with graph.inserting_after(node):
+            new = graph.call_function(gelu_tanh_as_sigmoid, (node.args[0],))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+    return len(found)
+
+
+_PASS: Any = None
+
+
+def inductor_options() -> dict[str, Any]:
+    """The ``torch.compile(options=...)`` of the compiled branches: the rewrites above as inductor's
+    pre-grad custom pass."""
+    global _PASS
+    if _PASS is None:
+        from torch._inductor.custom_graph_pass import CustomGraphPass
+
+        class _Rewrites(CustomGraphPass):
+            def __call__(self, graph: torch.fx.Graph) -> None:
+                rewrite_tanh_gelu(graph)
+
+            def uuid(self) -> str:
+                return PASS_VERSION
+
+        _PASS = _Rewrites()
+    return {"pre_grad_custom_pass": _PASS}
