@@ -112,8 +112,9 @@ def train_routers(cfgs: list[RouterConfig], out_dirs: list[str | os.PathLike], p
     pass, each into its own folder as :func:`train_router` writes it. Every iteration draws its
     batch, runs the no-grad passes that do not depend on the router (the cache fill and the teacher;
     the teacher trajectory for the trajectory objective) once, then the routers' students side by
-    side in one batch, one backward, and each router's AdamW step. The draws and the shared passes do not depend on any router, so each router is
-    bit-identical to training it alone, for a fraction of the cost. Routers whose checkpoints stand
+    side in one batch, one backward, and each router's AdamW step. The draws and the shared passes
+    do not depend on any router, so each router is bit-identical to training it alone, for a
+    fraction of the cost. Routers whose checkpoints stand
     at different steps resume in separate passes. A router already at its last step is not trained
     again: the first one's files are rewritten from its checkpoint, the others' are left as they
     are (so a workflow rerun of one router's job does not touch the files of the others)."""
@@ -347,10 +348,10 @@ def _stacked_mix(betas: list[torch.Tensor], cfgs: list[RouterConfig], batch: int
     return r.repeat_interleave(batch, dim=0).T.reshape(depth, 2, -1)
 
 
-def _stack_cache(engine: CacheEngine, fills: list[bool]) -> dict:
+def _stack_cache(filled: dict, fills: list[bool]) -> dict:
     """The cache a stack of students reads: the filled entries once per student, zeros for a
     learning-to-drop student ((1-r)*fresh = r*0 + (1-r)*fresh)."""
-    return {key: torch.cat([v if f else torch.zeros_like(v) for f in fills]) for key, v in engine.cache.items()}
+    return {key: torch.cat([v if f else torch.zeros_like(v) for f in fills]) for key, v in filled.items()}
 
 
 def _repeat(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -393,23 +394,25 @@ def _single_step_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator,
             teacher = engine(model, x_m, t_m, y, step=m, mode="off")
     filled = engine.cache
     out = []
-    for stack in _stacks(runs):
-        n = len(stack)
-        with _phase(timings, "student", dev):
-            engine.cache = _stack_cache(engine, [r.cfg.objective == "cache" for r in stack]) if n > 1 or \
-                stack[0].cfg.objective != "cache" else filled
-            mix = _stacked_mix([r.beta[m] for r in stack], [r.cfg for r in stack], B, depth)
-            student = engine(model, _repeat(x_m, n), _repeat(t_m, n), _repeat(y, n), step=m, mode="mix", mix=mix)
-            engine.cache = filled
-            losses = []
-            for j, run in enumerate(stack):
-                sq = (student[j * B:(j + 1) * B] - teacher).pow(2)
-                mse = sq.mean() if run.cfg.reduction == "mean" else sq.flatten(1).sum(1).mean()
-                losses.append((mse + run.cfg.lam * torch.sigmoid(run.beta[m]).sum(), mse))
-        with _phase(timings, "backward", dev):
-            sum(loss for loss, _ in losses).backward()
-            out += [(loss.item(), mse.item()) for loss, mse in losses]
-    engine.cache.clear()
+    try:
+        for stack in _stacks(runs):
+            n = len(stack)
+            with _phase(timings, "student", dev):
+                alone = n == 1 and stack[0].cfg.objective == "cache"
+                engine.cache = filled if alone else _stack_cache(filled, [r.cfg.objective == "cache" for r in stack])
+                mix = _stacked_mix([r.beta[m] for r in stack], [r.cfg for r in stack], B, depth)
+                student = engine(model, _repeat(x_m, n), _repeat(t_m, n), _repeat(y, n), step=m, mode="mix", mix=mix)
+                losses = []
+                for j, run in enumerate(stack):
+                    sq = (student[j * B:(j + 1) * B] - teacher).pow(2)
+                    mse = sq.mean() if run.cfg.reduction == "mean" else sq.flatten(1).sum(1).mean()
+                    losses.append((mse + run.cfg.lam * torch.sigmoid(run.beta[m]).sum(), mse))
+            with _phase(timings, "backward", dev):
+                sum(loss for loss, _ in losses).backward()
+                out += [(loss.item(), mse.item()) for loss, mse in losses]
+    finally:
+        engine.cache = filled
+        filled.clear()
     return out
 
 
@@ -445,34 +448,38 @@ def _trajectory_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator) -
                 x1 = xt  # every student's state after step 0, whose branch outputs fill the cache
     filled = engine.cache
     out = []
-    for stack in _stacks(runs):
-        s = len(stack)
-        engine.cache = {key: _repeat(v, s) for key, v in filled.items()}
-        xs, ys = _repeat(x1, s), _repeat(y, s)
-        tot = [[0.0, 0.0] for _ in stack]
-        penalty = [0.0] * s
-        for k in range(1, n):
-            i = n - 1 - k
-            mix = _stacked_mix([r.beta[k] for r in stack], [r.cfg for r in stack], B, depth)
-            xs_next, x0_s = diffusion.ddim_step(xs, engine(model, xs, ts[i].expand(s * B), ys, step=k, mode="mix-update", mix=mix)[:, :C], i, coef)
-            pens = [r.cfg.lam * torch.sigmoid(r.beta[k]).sum() for r in stack]
+    try:
+        for stack in _stacks(runs):
+            s = len(stack)
+            engine.cache = {key: _repeat(v, s) for key, v in filled.items()}  # soft caches of its own
+            xs, ys = _repeat(x1, s), _repeat(y, s)
+            tot = [[0.0, 0.0] for _ in stack]
+            penalty = [0.0] * s
+            for k in range(1, n):
+                i = n - 1 - k
+                mix = _stacked_mix([r.beta[k] for r in stack], [r.cfg for r in stack], B, depth)
+                eps = engine(model, xs, ts[i].expand(s * B), ys, step=k, mode="mix-update", mix=mix)[:, :C]
+                xs_next, x0_s = diffusion.ddim_step(xs, eps, i, coef)
+                pens = [r.cfg.lam * torch.sigmoid(r.beta[k]).sum() for r in stack]
+                if final:
+                    penalty = [p + q / (n - 1) for p, q in zip(penalty, pens)]
+                else:
+                    mses = [(x0_s[j * B:(j + 1) * B] - teacher_x0[k]).pow(2).mean() for j in range(s)]
+                    losses = [(mse + p) / (n - 1) for mse, p in zip(mses, pens)]
+                    sum(losses).backward()
+                    for acc, loss, mse in zip(tot, losses, mses):
+                        acc[0] += loss.item()
+                        acc[1] += mse.item() / (n - 1)
+                xs = xs_next if final else xs_next.detach()
             if final:
-                penalty = [p + q / (n - 1) for p, q in zip(penalty, pens)]
-            else:
-                mses = [(x0_s[j * B:(j + 1) * B] - teacher_x0[k]).pow(2).mean() for j in range(s)]
-                losses = [(mse + p) / (n - 1) for mse, p in zip(mses, pens)]
+                mses = [(xs[j * B:(j + 1) * B] - xt).pow(2).mean() for j in range(s)]
+                losses = [mse + p for mse, p in zip(mses, penalty)]
                 sum(losses).backward()
-                for t, loss, mse in zip(tot, losses, mses):
-                    t[0] += loss.item()
-                    t[1] += mse.item() / (n - 1)
-            xs = xs_next if final else xs_next.detach()
-        if final:
-            mses = [(xs[j * B:(j + 1) * B] - xt).pow(2).mean() for j in range(s)]
-            losses = [mse + p for mse, p in zip(mses, penalty)]
-            sum(losses).backward()
-            tot = [[loss.item(), mse.item()] for loss, mse in zip(losses, mses)]
-        out += [tuple(t) for t in tot]
-    engine.cache.clear()
+                tot = [[loss.item(), mse.item()] for loss, mse in zip(losses, mses)]
+            out += [(loss_v, mse_v) for loss_v, mse_v in tot]
+    finally:
+        engine.cache = filled
+        filled.clear()
     return out
 
 
