@@ -39,18 +39,14 @@ def job_configs(configfile: str, model: str, nfe: int, objective: str, threads: 
     """The routers one workflow job trains together (``l2c.cells.routers``), as the workflow configures them."""
     import yaml
 
-    from l2c.cells import resolve, routers
+    from l2c.cells import resolve, router_config, router_options, routers
     cfg = resolve(yaml.safe_load(Path(configfile).read_text()))
     m = cfg["models"][model]
-    s = m["nfe"][nfe]
     members = [(obj, lam) for mod, n, obj, lam in routers(cfg)
                if mod == model and n == nfe and (obj == "trajectory") == (objective == "trajectory")]
     if not members:
         raise SystemExit(f"{configfile}: {model} NFE {nfe} trains no {objective} routers")
-    opts = s["trajectory_router"] if objective == "trajectory" else s["router"]
-    return [RouterConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], data=m["data"],
-                         sampler=m["sampler"], nfe=nfe, lam=lam, objective=obj, threads=threads, **opts)
-            for obj, lam in members]
+    return [router_config(m, nfe, obj, lam, router_options(m, nfe, obj), threads) for obj, lam in members]
 
 
 def train(cfgs: list[RouterConfig], steps: int) -> tuple[float, list[torch.Tensor]]:

@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "latency": {"batch": 8, "repeats": 5, "warmup": 1, "seed": 0, "exclusive": True},
     "profile": {"num_samples": 64, "seed": 1234},
     "router": {"steps": 2000, "batch_size": 64, "lr": 1e-3, "clamp": 5.0, "reduction": "mean", "seed": 0,
-               "label_dropout": 0.1, "ste_threshold": None},
+               "label_dropout": 0.1, "ste_threshold": None, "stack_students": 0, "compile": False},
     "figures": {"grid_samples": 16, "grid_methods": ["full", "l2c", "fewer", "drop", "random-drop"]},
     "inception_weights": None,  # inception-adm weights file (default: torch-fidelity's place under $TORCH_HOME)
     "rehearsal": None,  # stand-in inputs made by the workflow (config/rehearsal.yaml; l2c.rehearsal)
@@ -524,6 +524,21 @@ def profile_cell(m: dict, nfe: int, out: str | os.PathLike, *, num_samples: int,
     write_profile(df, out)
 
 
+def router_options(m: dict, nfe: int, objective: str) -> dict:
+    """The router settings of a model row's NFE for ``objective`` (the trajectory objective's:
+    ``trajectory_router`` over ``router``)."""
+    s = m["nfe"][nfe]
+    return dict(s["trajectory_router"] if objective == "trajectory" else s["router"])
+
+
+def router_config(m: dict, nfe: int, objective: str, lam: float, opts: dict, threads: int | None = None,
+                  device: str = "cpu"):
+    """The ``RouterConfig`` of one router of a model row (``opts``: :func:`router_options`)."""
+    from .router import RouterConfig
+    return RouterConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], data=m["data"],
+                        sampler=m["sampler"], nfe=nfe, lam=lam, objective=objective, threads=threads, device=device, **opts)
+
+
 def train_router_cell(m: dict, nfe: int, objective: str, lam: float, opts: dict, out_dir: str | os.PathLike,
                       record_json: str | os.PathLike, threads: int | None = None, device: str = "cpu",
                       companions: Iterable[tuple[str, float, str | os.PathLike]] = ()) -> None:
@@ -534,15 +549,12 @@ def train_router_cell(m: dict, nfe: int, objective: str, lam: float, opts: dict,
     import torch
 
     from .io import read_json, write_json
-    from .router import RouterConfig, load_router, train_routers
+    from .router import load_router, train_routers
 
-    def config(objective: str, lam: float) -> RouterConfig:
-        return RouterConfig(checkpoint=m["checkpoint"], model=m["model"], model_kwargs=m["model_kwargs"], data=m["data"],
-                            sampler=m["sampler"], nfe=nfe, lam=lam, objective=objective, threads=threads,
-                            device=device, **opts)
     companions = list(companions)
-    path = train_routers([config(objective, lam)] + [config(o, x) for o, x, _ in companions],
-                         [out_dir] + [d for *_, d in companions], progress=False)[0]
+    members = [(objective, lam)] + [(o, x) for o, x, _ in companions]
+    cfgs = [router_config(m, nfe, o, x, opts, threads, device) for o, x in members]
+    path = train_routers(cfgs, [out_dir] + [d for *_, d in companions], progress=False)[0]
     r = load_router(path)
     rec = read_json(Path(out_dir) / "record.json")
     log_lines = (Path(out_dir) / "train_log.jsonl").read_text().splitlines()

@@ -305,7 +305,8 @@ def _shards(text: str) -> tuple[int, int]:
 def cmd_train_router(a: argparse.Namespace) -> None:
     from .router import OBJECTIVES, RouterConfig, train_router
     cfg = _settings(a, RouterConfig, ("checkpoint", "data", "sampler", "nfe", "lam", "objective", "steps", "batch_size",
-                                      "lr", "seed", "threads", "ste_threshold", "device", "reduction", "trajectory_loss"))
+                                      "lr", "seed", "threads", "ste_threshold", "device", "reduction", "trajectory_loss",
+                                      "compile"))
     if a.no_clamp:
         cfg.clamp = None
     if not cfg.checkpoint:
@@ -567,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["fp32", "bf16", "tf32"])
     p.add_argument("--compile", action="store_true", default=None,
                    help="run the blocks' branches through torch.compile (two graphs per block class, any schedule; "
-                        "equal to eager up to fp32 reassociation)")
+                        "equal to eager up to fp32 rounding)")
     p.add_argument("--shards", help="compute only shards A:B (fan-out over jobs); a later run without it merges")
     p.add_argument("--keep-shards", action="store_true")
     p.add_argument("--no-progress", action="store_true")
@@ -589,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduction", choices=["mean", "sum"], help="MSE over all outputs (mean, DiT) or per-sample sum (U-ViT)")
     p.add_argument("--trajectory-loss", dest="trajectory_loss", choices=["x0", "final"],
                    help="trajectory objective: per-step predicted-x0 error (x0) or the final image's error (final)")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="the model's branches through torch.compile, forward and backward (gradients equal to eager "
+                        "up to fp32 rounding; pays off on long trajectory runs: benchmarks/router_paths.py)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--device", help="cpu (default) or cuda[:N]")

@@ -6,21 +6,25 @@ mathematics another way where that is faster, within fp32 rounding of the eager 
 
 - **GELU, tanh form** (DiT's MLP): ``0.5 x (1 + tanh(u))`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``
   equals ``x * sigmoid(2u)``; inductor's CPU kernels evaluate the sigmoid (one exp) several times
-  faster than the tanh (``python benchmarks/gelu_forms.py``), and both stay within 1 ulp-scale of
-  the fp64 value. The rewrite runs on Dynamo's graph before AOT autograd (inductor's
-  ``pre_grad_custom_pass``) and names itself in inductor's cache keys (``uuid``), so a kernel
-  compiled without it is never loaded for a graph compiled with it, or the reverse.
+  faster than the tanh (``python benchmarks/gelu_forms.py``), and the two are equally close to the
+  fp64 value. The rewrite runs on Dynamo's graph before AOT autograd (inductor's
+  ``pre_grad_custom_pass``) and names itself in inductor's cache keys (``uuid``: this file's hash),
+  so a kernel compiled without it, or by another version of it, is never loaded for a graph
+  compiled with it.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 GELU_2U = 2 * math.sqrt(2 / math.pi)  # 2u = GELU_2U * (x + 0.044715 x^3)
-PASS_VERSION = "l2c-compile-passes-1"  # change with any change of the rewrites below (inductor cache keys)
+# the rewrites' name in inductor's cache keys: this file's own hash, so any edit of it is a new key
+PASS_VERSION = "l2c-compile-passes-" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 def gelu_tanh_as_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -48,6 +52,7 @@ def rewrite_tanh_gelu(graph: torch.fx.Graph) -> int:
 
 
 _PASS: Any = None
+REWRITTEN = {"gelu_tanh": 0}  # rewrites made by inductor's runs of the pass in this process (a compile-cache hit runs none)
 
 
 def inductor_options() -> dict[str, Any]:
@@ -59,7 +64,7 @@ def inductor_options() -> dict[str, Any]:
 
         class _Rewrites(CustomGraphPass):
             def __call__(self, graph: torch.fx.Graph) -> None:
-                rewrite_tanh_gelu(graph)
+                REWRITTEN["gelu_tanh"] += rewrite_tanh_gelu(graph)
 
             def uuid(self) -> str:
                 return PASS_VERSION

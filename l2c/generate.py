@@ -63,7 +63,7 @@ class SampleConfig:
     batch_size: int = 250
     device: str = "cpu"
     dtype: str = "fp32"  # fp32 | bf16 | tf32
-    compile: bool = False  # branches through torch.compile (l2c.cache.branch_function): fp32 reassociation, faster
+    compile: bool = False  # branches through torch.compile (l2c.cache.branch_function): equal to eager up to fp32 rounding, faster
 
 
 def sample_seeds(seed: int, indices: np.ndarray) -> list[int]:

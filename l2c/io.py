@@ -289,7 +289,7 @@ def locked(path: str | os.PathLike, blocking: bool = True, what: str = "output")
 
 
 # may change between resumptions (random draws come from a CPU generator, so the device may change too)
-OPERATIONAL_KEYS = frozenset({"threads", "ckpt_every", "log_every", "device"})
+OPERATIONAL_KEYS = frozenset({"threads", "ckpt_every", "log_every", "device", "stack_students"})  # results do not depend on them
 
 
 def check_resume(saved: dict, current: dict, path: Path, what: str) -> None:

@@ -157,7 +157,8 @@ class _Run:
             ck = load_torch(self.ckpt, "router checkpoint")
             if not isinstance(ck, dict) or ck.get("format") != "l2c-suite/router-state":
                 raise L2CError(f"router checkpoint {self.ckpt}: not a router training state; delete it to start afresh")
-            check_resume(ck.get("config", {}), asdict(cfg), self.ckpt, "router checkpoint")
+            # keys added since the checkpoint was written take their defaults (what it was trained with)
+            check_resume({**asdict(RouterConfig()), **ck.get("config", {})}, asdict(cfg), self.ckpt, "router checkpoint")
             self.state = ck
         self.step = self.state["step"] if self.state else 0
         self.elapsed = self.state["elapsed"] if self.state else 0.0
@@ -350,7 +351,7 @@ def _stacked_mix(betas: list[torch.Tensor], cfgs: list[RouterConfig], batch: int
 
 def _stack_cache(filled: dict, fills: list[bool]) -> dict:
     """The cache a stack of students reads: the filled entries once per student, zeros for a
-    learning-to-drop student ((1-r)*fresh = r*0 + (1-r)*fresh)."""
+    learning-to-drop student beside L2C ones ((1-r)*fresh = r*0 + (1-r)*fresh)."""
     return {key: torch.cat([v if f else torch.zeros_like(v) for f in fills]) for key, v in filled.items()}
 
 
@@ -375,19 +376,20 @@ def _single_step_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator,
         y = _drop_labels(y, model.num_classes, cfg.label_dropout, gen).to(dev)
         x0 = x0.to(dev)
         noise = torch.randn(x0.shape, generator=gen).to(dev)
+    fill = "fill" if any(r.cfg.objective == "cache" for r in runs) else "off"
     with torch.no_grad():
         with _phase(timings, "cache_fill", dev):
             if plan is None:  # DDIM: full step s = m-1 (respaced index i_s) -> cache step m
                 i_m, i_s = cfg.nfe - 1 - m, cfg.nfe - m
                 x_s = diffusion.q_sample(x0, torch.full((B,), i_s, device=dev), noise)
-                eps = engine(model, x_s, ts[i_s].expand(B), y, step=m - 1, mode="fill")[:, :C]
+                eps = engine(model, x_s, ts[i_s].expand(B), y, step=m - 1, mode=fill)[:, :C]
                 x_m, _ = diffusion.ddim_step(x_s, eps, i_s, coef)
                 t_m = ts[i_m].expand(B)
             else:  # DPM-Solver-2, shifted: outer step m/2-1 (its midpoint m-1 fills the cache) -> evaluation m
                 from .dpm_solver import dpm2_step
                 prev = plan.steps[m // 2 - 1]
                 x_s = prev.alpha_s * x0 + prev.sigma_s * noise
-                x_m, _ = dpm2_step(lambda x, t, k: engine(model, x, t, y, step=k, mode="fill" if k == m - 1 else "off")[:, :C],
+                x_m, _ = dpm2_step(lambda x, t, k: engine(model, x, t, y, step=k, mode=fill if k == m - 1 else "off")[:, :C],
                                    x_s, plan, m // 2 - 1)
                 t_m = torch.full((B,), plan.steps[m // 2].model_t_s, device=dev)
         with _phase(timings, "teacher", dev):
@@ -398,10 +400,13 @@ def _single_step_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator,
         for stack in _stacks(runs):
             n = len(stack)
             with _phase(timings, "student", dev):
-                alone = n == 1 and stack[0].cfg.objective == "cache"
-                engine.cache = filled if alone else _stack_cache(filled, [r.cfg.objective == "cache" for r in stack])
+                kinds = {r.cfg.objective for r in stack}
+                mode = "drop-mix" if kinds == {"drop"} else "mix"
+                if mode == "mix" and (n > 1 or kinds != {"cache"}):
+                    engine.cache = _stack_cache(filled, [r.cfg.objective == "cache" for r in stack])
                 mix = _stacked_mix([r.beta[m] for r in stack], [r.cfg for r in stack], B, depth)
-                student = engine(model, _repeat(x_m, n), _repeat(t_m, n), _repeat(y, n), step=m, mode="mix", mix=mix)
+                student = engine(model, _repeat(x_m, n), _repeat(t_m, n), _repeat(y, n), step=m, mode=mode, mix=mix)
+                engine.cache = filled
                 losses = []
                 for j, run in enumerate(stack):
                     sq = (student[j * B:(j + 1) * B] - teacher).pow(2)

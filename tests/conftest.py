@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random-weight models saved in the suite's checkpoint format."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import torch.nn as nn
 from l2c.models import create_model
 
 ROUTERS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official-routers"
+# torch.compile on CPU writes and builds C++ kernels
+needs_compiler = pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "clang++", "c++")),
+                                    reason="torch.compile on CPU needs a C++ compiler")
 
 
 def make_tiny(path: Path, name: str = "DiT-Micro/2", seed: int = 0, **kw) -> Path:

@@ -16,6 +16,7 @@ from l2c.macs import macs_for
 from l2c.models import cacheable_blocks, create_model, load_model, load_weights
 from l2c.models.dit import modulate
 from l2c.sampling import sample
+from conftest import needs_compiler
 
 ROUTERS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official-routers"
 needs_routers = pytest.mark.skipif(not ROUTERS.is_dir(), reason=f"official router files not found at {ROUTERS} (../shared is absent)")
@@ -362,6 +363,7 @@ def test_cli_macs_json(capsys):
     assert "unknown model name" in capsys.readouterr().err
 
 
+@needs_compiler
 def test_compiled_branches_compute_the_tanh_gelu_as_a_sigmoid_within_fp32_rounding():
     """l2c.compile_passes: x * sigmoid(2u) is the tanh-form GELU to fp32 rounding (no further from
     the fp64 value than eager fp32 is, over the range activations reach and far beyond, no NaN or
@@ -407,11 +409,24 @@ def test_compiled_branches_compute_the_tanh_gelu_as_a_sigmoid_within_fp32_roundi
     ublk = cacheable_blocks(uvit)[0]
     n, out = rewritten_branch(ublk, torch.randn(3, 17, ublk.norm1.normalized_shape[0]))
     assert n == 0
+    # inductor itself runs the pass on the compiled branches (its compile caches off: a hit runs no pass)
+    from torch._inductor import config as inductor_config
+
+    from l2c.cache import branch_function
+    from l2c.compile_passes import REWRITTEN
+    before = REWRITTEN["gelu_tanh"]
+    torch._dynamo.reset()
+    try:
+        with inductor_config.patch(fx_graph_cache=False), torch.no_grad():
+            out = branch_function(blk, "mlp", compile=True)(h, shift, scale_)
+    finally:
+        torch._dynamo.reset()
+    assert REWRITTEN["gelu_tanh"] == before + 1
+    assert ((out - ref_out).abs().max() / ref_out.abs().max()) <= eps * width
     assert inductor_options()["pre_grad_custom_pass"].uuid() == PASS_VERSION  # in inductor's cache keys
 
 
-@pytest.mark.skipif(not any(__import__("shutil").which(c) for c in ("g++", "clang++", "c++")),
-                    reason="torch.compile on CPU needs a C++ compiler")
+@needs_compiler
 def test_compiled_path_equals_eager_and_compiles_two_graphs_for_any_schedule():
     """The torch.compile path (CacheEngine(compile=True)): same samples as eager up to fp32
     reassociation, the same branch evaluations, and two graphs (attention, MLP) shared by every

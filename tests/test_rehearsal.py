@@ -67,7 +67,7 @@ def grid_signature(cfg: dict) -> dict:
     for name, m in cfg["models"].items():
         kind, _, data = m["data"].partition(":")
         row = {k: m[k] for k in ("paper", "model", "sampler", "backend", "cfg_scale", "cfg_channels")}
-        row["router"] = {k: m["router"][k] for k in ("clamp", "reduction")}
+        row["router"] = {k: m["router"][k] for k in ("clamp", "reduction", "stack_students", "compile")}
         row["files"] = {"checkpoint": Path(m["checkpoint"]).name, "vae": Path(m["vae"]).name, "data": (kind, Path(data).name),
                         "reference": Path(m["reference"]).name}
         row["nfe"] = {}
@@ -77,6 +77,7 @@ def grid_signature(cfg: dict) -> dict:
             row["nfe"][nfe] = {k: s[k] for k in keys}
             row["nfe"][nfe]["official_router"] = Path(s["official_router"]).name if s["official_router"] else None
             row["nfe"][nfe]["trajectory_loss"] = s["trajectory_router"].get("trajectory_loss")
+            row["nfe"][nfe]["trajectory_paths"] = {k: s["trajectory_router"][k] for k in ("stack_students", "compile")}
         sig["models"][name] = row
     planned = cells.plan(cfg)
     sig["cells"] = [(c.model, c.nfe, c.method, c.family) for c in planned]

@@ -249,8 +249,7 @@ def router_pass(wildcards):
 def router_params(wildcards):
     model, nfe, rid = wildcards.model, int(wildcards.nfe), wildcards.rid
     objective, lam = ROUTERS[(model, nfe, rid)]
-    s = CFG["models"][model]["nfe"][nfe]
-    opts = dict(s["trajectory_router"] if objective == "trajectory" else s["router"])
+    opts = cells.router_options(CFG["models"][model], nfe, objective)
     rids = ROUTER_PASSES[(model, nfe, rid)]
     companions = [(*ROUTERS[(model, nfe, r)], f"{W}/{model}/nfe{nfe}/routers/{r}") for r in rids[1:]] if rids[0] == rid else []
     return {"objective": objective, "lam": lam, "opts": opts, "companions": companions}
