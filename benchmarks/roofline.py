@@ -13,7 +13,8 @@ For each model (the committed digits DiT and U-ViT) and thread count it measures
   L2C-like budget, a seeded random 45 % of the sub-layers reused in every cache step), eager and
   through the compiled path (``CacheEngine(compile=True)``, compile warm-up excluded and printed),
   and through the compiled path without its graph rewrites (``compiled-plain``: ``rewrites=False``,
-  ``l2c/compile_passes.py``), so the rewrites' share shows in the same run.
+  ``l2c/compile_passes.py``), so the rewrites' share shows in the same run; the paths' timed runs
+  are interleaved.
 Model FLOPs: 2 x the MACs actually computed, in two conventions printed side by side: ``linear``
 (the thop convention of the paper's MACs column: Linear/Conv layers only) and ``all`` (plus the
 attention matmuls, 2 x tokens^2 x width per attention layer). The ratio column is model rate /
@@ -23,6 +24,7 @@ into the layers the paper counts. Prints device, threads, dtype, torch version a
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from typing import Any
@@ -92,23 +94,28 @@ def sgemm_rate(shapes: list[tuple[int, int, int, bool]], repeats: int) -> float:
     return flops / secs
 
 
-def sampling_rate(model: nn.Module, sampler: str, nfe: int, batch: int, schedule: Any, path: str,
-                  repeats: int) -> tuple[float, float]:
-    """(median seconds of one sampling run, seconds of the first run incl. any compilation)."""
+def sampling_rates(model: nn.Module, sampler: str, nfe: int, batch: int, schedule: Any, paths: list[str],
+                   repeats: int) -> dict[str, tuple[float, float]]:
+    """Per path: (median seconds of one sampling run, seconds of its first run incl. any compilation).
+    The paths' timed runs are interleaved (one run of each per round), so drift hits them alike."""
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(batch, model.in_channels, model.input_size, model.input_size, generator=g)
     labels = torch.randint(model.num_classes, (batch,), generator=g)
-    engine = None if path == "eager" else CacheEngine(model, schedule, compile=True, rewrites=path == "compiled")
-    kw = dict(sampler=sampler, nfe=nfe, cfg_scale=1.5, schedule=schedule, engine=engine)
-    t0 = time.perf_counter()
-    sample(model, noise, labels, **kw)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
+    runs, first = {}, {}
+    for path in paths:
+        engine = None if path == "eager" else CacheEngine(model, schedule, compile=True, rewrites=path == "compiled")
+        runs[path] = functools.partial(sample, model, noise, labels, sampler=sampler, nfe=nfe, cfg_scale=1.5,
+                                       schedule=schedule, engine=engine)
         t0 = time.perf_counter()
-        sample(model, noise, labels, **kw)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), first
+        runs[path]()
+        first[path] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    for _ in range(repeats):
+        for path, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[path].append(time.perf_counter() - t0)
+    return {p: (statistics.median(times[p]), first[p]) for p in paths}
 
 
 def main() -> None:
@@ -117,7 +124,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--batch", type=int, default=50, help="images per sampling batch (the workflow's: 50, both rows)")
     ap.add_argument("--nfe", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per path, interleaved across the paths")
     ap.add_argument("--no-compile", action="store_true", help="eager only")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -144,8 +151,8 @@ def main() -> None:
                 rep = macs_report(mm, sched, a.nfe)
                 # attention matmuls skipped with their branch in cache steps
                 attn_total = attn * a.nfe - (attn / depth) * (0 if sched is None else int((~sched.compute[:, :, 0]).sum()))
-                for path in (["eager"] if a.no_compile else ["eager", "compiled-plain", "compiled"]):
-                    secs, first = sampling_rate(model, sampler, a.nfe, a.batch, sched, path, a.repeats)
+                paths = ["eager"] if a.no_compile else ["eager", "compiled-plain", "compiled"]
+                for path, (secs, first) in sampling_rates(model, sampler, a.nfe, a.batch, sched, paths, a.repeats).items():
                     lin = 2.0 * rep["macs_total"] * 2 * a.batch / secs
                     allf = lin + 2.0 * attn_total * 2 * a.batch / secs
                     row = {"model": key, "threads": threads, "path": path, "schedule": sched_name, "seconds": secs,
