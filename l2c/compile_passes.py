@@ -5,10 +5,10 @@ mathematics another way where that is faster, within fp32 rounding of the eager 
 ``tests/test_core.py``). One rewrite so far:
 
 - **GELU, tanh form** (DiT's MLP): ``0.5 x (1 + tanh(u))`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``
-  equals ``x * sigmoid(2u)``; inductor's CPU kernel for the sigmoid form (one exp) runs 3.3x
-  faster than ATen's or inductor's tanh form on the DiT row's MLP activations, and is about as
-  close to the fp64 value (largest errors 5.2e-7 against 4.3e-7; ``python benchmarks/gelu_forms.py``,
-  ``results/benchmarks/gelu-forms-cpu.json``). The rewrite runs on Dynamo's graph before AOT autograd (inductor's
+  equals ``x * sigmoid(2u)``; inductor's CPU kernel for the sigmoid form (one exp) runs 2.6-3.3x
+  faster than ATen's or inductor's tanh form on the DiT row's MLP activations (two runs), and is
+  about as close to the fp64 value (largest errors 5.2e-7 against 4.3e-7;
+  ``python benchmarks/gelu_forms.py``, ``results/benchmarks/gelu-forms-cpu.json``). The rewrite runs on Dynamo's graph before AOT autograd (inductor's
   ``pre_grad_custom_pass``) and names itself in inductor's cache keys (``uuid``: this file's hash),
   so a kernel compiled without it, or by another version of it, is never loaded for a graph
   compiled with it.

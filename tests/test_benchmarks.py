@@ -53,10 +53,11 @@ def test_router_paths_trains_one_workflow_job_on_each_path(tmp_path):
 def test_gelu_forms_times_every_form_against_fp64(tmp_path):
     out = tmp_path / "gelu.json"
     r = subprocess.run([sys.executable, str(BENCH / "gelu_forms.py"), "--rows", "8", "--width", "16", "--calls", "1",
-                        "--rounds", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+                        "--rounds", "1", "--forms", "tanh form, eager", "exact (erf), eager", "--json", str(out)],
+                       capture_output=True, text=True, timeout=300)  # eager forms only: compiling is tested elsewhere
     assert r.returncode == 0, r.stderr
     forms = json.loads(out.read_text())["forms"]
-    assert len(forms) == 5 and forms["tanh form, eager"]["speedup_vs_tanh_eager"] == 1.0
+    assert set(forms) == {"tanh form, eager", "exact (erf), eager"} and forms["tanh form, eager"]["speedup_vs_baseline"] == 1.0
     assert all(0 <= f["max_abs_error_vs_fp64"] < 1e-5 and f["ms"] > 0 for f in forms.values())
     assert "rev " in r.stdout
 
