@@ -481,7 +481,7 @@ def _trajectory_iteration(env: _Setup, runs: list[_Run], gen: torch.Generator) -
                 losses = [mse + p for mse, p in zip(mses, penalty)]
                 sum(losses).backward()
                 tot = [[loss.item(), mse.item()] for loss, mse in zip(losses, mses)]
-            out += [(loss_v, mse_v) for loss_v, mse_v in tot]
+            out += map(tuple, tot)
     finally:
         engine.cache = filled
         filled.clear()
