@@ -164,6 +164,22 @@ def git_revision() -> str:
         return "unknown"
 
 
+def cpu_name() -> str:
+    """This CPU as results name it: its model (``/proc/cpuinfo`` where there is one, else the
+    architecture) and the vector instruction set torch's kernels use on it (``AVX512``, ``AVX2``,
+    ...), which sets its matrix-multiply rate: two machines of one architecture can differ twofold."""
+    import torch  # noqa: PLC0415
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def environment_record(device: str | torch.device | None = None, dtype: str | None = None) -> dict:
     """Versions, device, dtype and revision: recorded in every result file."""
     import torch  # noqa: PLC0415
@@ -178,7 +194,7 @@ def environment_record(device: str | torch.device | None = None, dtype: str | No
     if device is not None:
         device = torch.device(device)
         rec["device"] = str(device)
-        rec["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+        rec["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     if dtype is not None:
         rec["dtype"] = dtype
     return rec

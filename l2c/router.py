@@ -237,7 +237,7 @@ class _Setup:
             d = dpm_defaults(model)
             self.plan = dpm2_plan(cfg.nfe, d["noise_schedule"], d["time_input"])
         self.steps_t = torch.tensor(self.cache_steps)
-        self.engine = CacheEngine(model, compile=cfg.compile)
+        self.engine = CacheEngine(model, compile=cfg.compile, whole=False)  # teacher passes through the branches too
 
 
 def _joint_pass(env: _Setup, runs: list[_Run], progress: bool, timings: dict[str, list[float]] | None) -> None:

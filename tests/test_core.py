@@ -430,8 +430,9 @@ def test_compiled_branches_compute_the_tanh_gelu_as_a_sigmoid_within_fp32_roundi
 def test_compiled_path_equals_eager_and_compiles_two_graphs_for_any_schedule():
     """The torch.compile path (CacheEngine(compile=True)): same samples as eager up to fp32
     reassociation, the same branch evaluations, and two graphs (attention, MLP) shared by every
-    block, step, schedule and engine: a second batch, another schedule, the uncached sampler and a
-    caching method's engine compile nothing more."""
+    block, step, schedule and engine: a second batch, another schedule and a caching method's engine
+    compile nothing more; the uncached sampler compiles one more (the whole forward), once, and
+    without ``whole`` runs the branch graphs."""
     from torch._dynamo.utils import counters
 
     from l2c.caching import build_engine
@@ -456,12 +457,29 @@ def test_compiled_path_equals_eager_and_compiles_two_graphs_for_any_schedule():
     other = CacheSchedule.from_mask(flat, steps)
     assert_close_fp32_reassociation(sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=other, engine=CacheEngine(m, other, compile=True)),
                                     sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=other), m, nfe)
-    plain = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=CacheEngine(m, None, compile=True))
-    assert_close_fp32_reassociation(plain, sample(m, noise, labels, nfe=nfe, cfg_scale=1.5), m, nfe)
+    uncached = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5)
+    branches = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=CacheEngine(m, None, compile=True, whole=False))
+    assert_close_fp32_reassociation(branches, uncached, m, nfe)
+    assert counters["stats"]["unique_graphs"] == 2
+    whole = CacheEngine(m, None, compile=True)
+    plain = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=whole)
+    assert_close_fp32_reassociation(plain, uncached, m, nfe)
+    assert counters["stats"]["unique_graphs"] == 3  # the whole forward
+    assert torch.equal(sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=CacheEngine(m, None, compile=True)), plain)
     method = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5,
                     engine=build_engine(m, "taylorseer", nfe=nfe, params={"interval": 2, "order": 1}, compile=True))
     assert_close_fp32_reassociation(method, sample(m, noise, labels, nfe=nfe, cfg_scale=1.5,
                                                    engine=build_engine(m, "taylorseer", nfe=nfe, params={"interval": 2, "order": 1})), m, nfe)
-    assert counters["stats"]["unique_graphs"] == 2
+    assert counters["stats"]["unique_graphs"] == 3
     with pytest.raises(L2CError, match="built for another model or schedule"):
         sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=fast)
+
+
+def test_environment_record_names_the_cpu_and_the_vector_instructions_its_kernels_use():
+    """Results name the CPU by model and by the instruction set torch's kernels use on it (two x86_64
+    machines can differ twofold in matrix-multiply rate), not by its architecture alone."""
+    from l2c.io import environment_record
+    rec = environment_record("cpu", "fp32")
+    name, _, isa = rec["device_name"].rpartition(", ")
+    assert name and isa == torch.backends.cpu.get_cpu_capability()
+    assert (rec["device"], rec["dtype"]) == ("cpu", "fp32")
