@@ -137,7 +137,7 @@ def main() -> None:
         env = environment_record("cpu", "fp32")
         print(f"\n{env['device_name']} | threads {threads} | fp32 | torch {env['torch']} | rev {env['git_revision']} | "
               f"batch {a.batch} (x2 CFG), NFE {a.nfe}")
-        print(f"{'model':6s}{'path':16s}{'schedule':10s}{'seconds':>9s}{'GFLOP/s lin':>13s}{'GFLOP/s all':>13s}"
+        print(f"{'model':6s}{'path':19s}{'schedule':10s}{'seconds':>9s}{'GFLOP/s lin':>13s}{'GFLOP/s all':>13s}"
               f"{'sgemm GFLOP/s':>15s}{'ratio':>8s}{'1st run s':>11s}")
         for key in a.models:
             file, sampler = MODELS[key]
@@ -165,7 +165,7 @@ def main() -> None:
                            "sgemm_gflops": peak / 1e9, "ratio": lin / peak, "batch": a.batch, "nfe": a.nfe,
                            "sampler": sampler, "environment": env}
                     rows.append(row)
-                    print(f"{key:6s}{path:16s}{sched_name:10s}{secs:9.3f}{lin / 1e9:13.1f}{allf / 1e9:13.1f}"
+                    print(f"{key:6s}{path:19s}{sched_name:10s}{secs:9.3f}{lin / 1e9:13.1f}{allf / 1e9:13.1f}"
                           f"{peak / 1e9:15.1f}{lin / peak:8.2f}{first:11.2f}", flush=True)
     if a.json:
         write_json(a.json, {"rows": rows})
