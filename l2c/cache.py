@@ -273,8 +273,9 @@ class CacheEngine:
     ``rewrites=False``: the compiled branches without :mod:`l2c.compile_passes` (benchmarks).
     ``whole=True`` (with ``compile``): a call of the model itself that caches nothing (mode ``off``,
     so every call of the uncached sampler, under ``no_grad``) runs the whole forward as one compiled
-    graph (:func:`forward_function`, a third graph) instead of the branches one by one: 1.16x on the
-    digits DiT (``python benchmarks/roofline.py``, path ``compiled`` against ``compiled-branches``).
+    graph (:func:`forward_function`, a third graph) instead of the branches one by one: on the digits
+    DiT at batch 50, 1.06x on one thread and 1.21x on two (``python benchmarks/roofline.py``, path
+    ``compiled`` against ``compiled-branches``; ``results/benchmarks/roofline_cpu_b50.json``).
     Calls that compose caching, and any call that records gradients, keep the branches.
     """
 
