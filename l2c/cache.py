@@ -271,12 +271,13 @@ class CacheEngine:
     two graphs per block class, compiled once per process (and loaded from inductor's disk cache
     by later processes); outputs equal eager ones up to fp32 rounding (tested on CPU).
     ``rewrites=False``: the compiled branches without :mod:`l2c.compile_passes` (benchmarks).
-    ``whole=True`` (with ``compile``): a call of the model itself that caches nothing (mode ``off``,
-    so every call of the uncached sampler, under ``no_grad``) runs the whole forward as one compiled
-    graph (:func:`forward_function`, a third graph) instead of the branches one by one: on the digits
-    DiT at batch 50, 1.06x on one thread and 1.21x on two (``python benchmarks/roofline.py``, path
-    ``compiled`` against ``compiled-branches``; ``results/benchmarks/roofline_cpu_b50.json``).
-    Calls that compose caching, and any call that records gradients, keep the branches.
+    ``whole=True`` (with ``compile``): a call of the model itself under ``no_grad`` that computes every
+    branch runs the whole forward as one compiled graph (:func:`forward_function`) instead of the
+    branches one by one: every call of the uncached sampler (mode ``off``; on the digits DiT at batch
+    50, 1.06x on one thread and 1.21x on two, ``python benchmarks/roofline.py``, path ``compiled``
+    against ``compiled-branches``), and a schedule's steps that compute every sub-layer, which store
+    every branch output for the steps after (one more graph: mode ``store-all``). The steps that reuse
+    keep the branch graphs, as do the other modes and any call that records gradients.
     """
 
     def __init__(self, model: nn.Module, schedule: CacheSchedule | None = None, compile: bool = False,
@@ -291,11 +292,13 @@ class CacheEngine:
             schedule.check_model(model)
             self._compute = schedule.compute.tolist()  # Python bools: no host sync in the loop
             self._store = self._store_plan(schedule).tolist()
+            self._full = schedule.compute.all(axis=(1, 2)).tolist()  # steps that compute every sub-layer
         self.mode = "off"
         self.step = 0
         self.stream = 0
         self.mix: torch.Tensor | None = None  # reuse weights r in mix modes: [blocks, 2], or [blocks, 2, batch] per sample
         self.cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._stored: dict[tuple[int, int], torch.Tensor] = {}  # a store-all call's branch outputs
         self.calls = np.zeros((len(self.blocks), 2), dtype=np.int64)  # branch evaluations (for tests/accounting)
 
     @staticmethod
@@ -315,6 +318,9 @@ class CacheEngine:
             mode = self.mode
             if mode == "off":
                 return fn(x, *args)
+            if mode == "store-all":  # inside the whole-forward graph of a step that computes everything
+                out = self._stored[(b, s)] = fn(x, *args)
+                return out
             key = (self.stream, b, s)
             if mode == "schedule":
                 if self._compute[self.step][b][s]:
@@ -371,10 +377,18 @@ class CacheEngine:
         """Run ``model_call(*args)`` at sampling step ``step`` (passed explicitly) in ``mode``."""
         if mode == "schedule" and self.schedule is None:
             mode = "off"
+        whole = self._forward is not None and model_call is self.model and not torch.is_grad_enabled()
+        if whole and mode == "schedule" and self._full[step]:
+            self.calls += 1
+            mode = "off" if self.schedule.policy == "drop" else "store-all"  # drop: nothing is ever reused
         self.mode, self.step, self.stream, self.mix = mode, step, stream, mix
         try:
-            if mode == "off" and self._forward is not None and model_call is self.model and not torch.is_grad_enabled():
-                return self._forward(self.model, *args)
+            if whole and mode in ("off", "store-all"):
+                out = self._forward(self.model, *args)
+                for (b, s), stored in self._stored.items():
+                    self.cache[(stream, b, s)] = stored
+                return out
             return model_call(*args)
         finally:
             self.mode, self.mix = "off", None
+            self._stored = {}

@@ -429,10 +429,11 @@ def test_compiled_branches_compute_the_tanh_gelu_as_a_sigmoid_within_fp32_roundi
 @needs_compiler
 def test_compiled_path_equals_eager_and_compiles_two_graphs_for_any_schedule():
     """The torch.compile path (CacheEngine(compile=True)): same samples as eager up to fp32
-    reassociation, the same branch evaluations, and two graphs (attention, MLP) shared by every
-    block, step, schedule and engine: a second batch, another schedule and a caching method's engine
-    compile nothing more; the uncached sampler compiles one more (the whole forward), once, and
-    without ``whole`` runs the branch graphs."""
+    reassociation, the same branch evaluations, and three graphs shared by every block, step,
+    schedule and engine (attention, MLP, and the whole forward of the steps that compute everything,
+    storing every branch): a second batch, another schedule and a caching method's engine compile
+    nothing more; the uncached sampler compiles one more (the whole forward, storing nothing), once,
+    and without ``whole`` runs the branch graphs alone."""
     from torch._dynamo.utils import counters
 
     from l2c.caching import build_engine
@@ -450,9 +451,12 @@ def test_compiled_path_equals_eager_and_compiles_two_graphs_for_any_schedule():
     fast = CacheEngine(m, sched, compile=True)
     out = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=sched, engine=fast)
     assert_close_fp32_reassociation(out, ref, m, nfe)
-    assert (fast.calls == eager.calls).all() and counters["stats"]["unique_graphs"] == 2
+    assert (fast.calls == eager.calls).all() and counters["stats"]["unique_graphs"] == 3
     out2 = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=sched, engine=fast)
     assert torch.equal(out2, out)
+    branches_only = CacheEngine(m, sched, compile=True, whole=False)
+    assert_close_fp32_reassociation(sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=sched, engine=branches_only), ref, m, nfe)
+    assert (branches_only.calls == eager.calls).all()
     flat[steps, 5:] = False
     other = CacheSchedule.from_mask(flat, steps)
     assert_close_fp32_reassociation(sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=other, engine=CacheEngine(m, other, compile=True)),
@@ -460,17 +464,17 @@ def test_compiled_path_equals_eager_and_compiles_two_graphs_for_any_schedule():
     uncached = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5)
     branches = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=CacheEngine(m, None, compile=True, whole=False))
     assert_close_fp32_reassociation(branches, uncached, m, nfe)
-    assert counters["stats"]["unique_graphs"] == 2
+    assert counters["stats"]["unique_graphs"] == 3
     whole = CacheEngine(m, None, compile=True)
     plain = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=whole)
     assert_close_fp32_reassociation(plain, uncached, m, nfe)
-    assert counters["stats"]["unique_graphs"] == 3  # the whole forward
+    assert counters["stats"]["unique_graphs"] == 4  # the whole forward, storing nothing
     assert torch.equal(sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=CacheEngine(m, None, compile=True)), plain)
     method = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5,
                     engine=build_engine(m, "taylorseer", nfe=nfe, params={"interval": 2, "order": 1}, compile=True))
     assert_close_fp32_reassociation(method, sample(m, noise, labels, nfe=nfe, cfg_scale=1.5,
                                                    engine=build_engine(m, "taylorseer", nfe=nfe, params={"interval": 2, "order": 1})), m, nfe)
-    assert counters["stats"]["unique_graphs"] == 3
+    assert counters["stats"]["unique_graphs"] == 4
     with pytest.raises(L2CError, match="built for another model or schedule"):
         sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=fast)
 
