@@ -12,11 +12,11 @@ For each model (the committed digits DiT and U-ViT) and thread count it measures
 - the model FLOP rate of uncached and cached sampling (the cached schedule: the workflow's
   L2C-like budget, a seeded random 45 % of the sub-layers reused in every cache step), eager and
   through the compiled path (``CacheEngine(compile=True)``, compile warm-up excluded and printed:
-  uncached, the whole forward as one graph; cached, the branch graphs), for the uncached sampler
-  also through the branch graphs alone (``compiled-branches``: ``whole=False``), and through the
-  branch graphs without their rewrites (``compiled-plain``: ``rewrites=False, whole=False``,
-  ``l2c/compile_passes.py``), so each step's share shows in the same run; the paths' timed runs
-  are interleaved.
+  the whole forward as one graph wherever a step computes every sub-layer, the branch graphs in the
+  steps that reuse), through the branch graphs alone (``compiled-branches``: ``whole=False``), and
+  through the branch graphs without their rewrites (``compiled-plain``: ``rewrites=False,
+  whole=False``, ``l2c/compile_passes.py``), so each step's share shows in the same run; the paths'
+  timed runs are interleaved.
 Model FLOPs: 2 x the MACs actually computed, in two conventions printed side by side: ``linear``
 (the thop convention of the paper's MACs column: Linear/Conv layers only) and ``all`` (plus the
 attention matmuls, 2 x tokens^2 x width per attention layer). The ratio column is model rate /
@@ -154,9 +154,7 @@ def main() -> None:
                 rep = macs_report(mm, sched, a.nfe)
                 # attention matmuls skipped with their branch in cache steps
                 attn_total = attn * a.nfe - (attn / depth) * (0 if sched is None else int((~sched.compute[:, :, 0]).sum()))
-                # compiled-branches: the uncached sampler through the branch graphs (a cached one always is)
-                paths = (["eager"] if a.no_compile else
-                         ["eager", "compiled-plain"] + (["compiled-branches"] if sched is None else []) + ["compiled"])
+                paths = ["eager"] if a.no_compile else ["eager", "compiled-plain", "compiled-branches", "compiled"]
                 for path, (secs, first) in sampling_rates(model, sampler, a.nfe, a.batch, sched, paths, a.repeats).items():
                     lin = 2.0 * rep["macs_total"] * 2 * a.batch / secs
                     allf = lin + 2.0 * attn_total * 2 * a.batch / secs
