@@ -273,11 +273,12 @@ class CacheEngine:
     ``rewrites=False``: the compiled branches without :mod:`l2c.compile_passes` (benchmarks).
     ``whole=True`` (with ``compile``): a call of the model itself under ``no_grad`` that computes every
     branch runs the whole forward as one compiled graph (:func:`forward_function`) instead of the
-    branches one by one: every call of the uncached sampler (mode ``off``; on the digits DiT at batch
-    50, 1.06x on one thread and 1.21x on two, ``python benchmarks/roofline.py``, path ``compiled``
-    against ``compiled-branches``), and a schedule's steps that compute every sub-layer, which store
-    every branch output for the steps after (one more graph: mode ``store-all``). The steps that reuse
-    keep the branch graphs, as do the other modes and any call that records gradients.
+    branches one by one: every call of the uncached sampler (mode ``off``), and a schedule's steps
+    that compute every sub-layer, which store every branch output for the steps after (one more
+    graph: mode ``store-all``). The steps that reuse keep the branch graphs, as do the other modes and
+    any call that records gradients. On the digits DiT at batch 50, one thread: 1.16x uncached, 1.08x
+    cached (``python benchmarks/roofline.py``, path ``compiled`` against ``compiled-branches``;
+    ``results/benchmarks/roofline_cpu_b50.json``).
     """
 
     def __init__(self, model: nn.Module, schedule: CacheSchedule | None = None, compile: bool = False,
