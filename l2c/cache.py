@@ -247,7 +247,8 @@ def forward_function(model: nn.Module, rewrites: bool = True) -> Any:
     """``model.forward`` through one ``torch.compile``d function per model class (parameters are graph
     inputs, as for :func:`branch_function`; the same rewrites): the whole network as one graph, so
     inductor also fuses what lies between the branches (gates, residual adds, adaLN, the final layer)
-    and one guard check replaces one per branch. For calls that cache nothing."""
+    and one guard check replaces one per branch. For calls that compute every branch
+    (:class:`CacheEngine` ``whole=True``)."""
     from .compile_passes import inductor_options
 
     key = (type(model), rewrites)
