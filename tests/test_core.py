@@ -427,7 +427,7 @@ def test_compiled_branches_compute_the_tanh_gelu_as_a_sigmoid_within_fp32_roundi
 
 
 @needs_compiler
-def test_compiled_path_equals_eager_and_compiles_two_graphs_for_any_schedule():
+def test_compiled_path_equals_eager_and_compiles_three_graphs_for_any_schedule():
     """The torch.compile path (CacheEngine(compile=True)): same samples as eager up to fp32
     reassociation, the same branch evaluations, and three graphs shared by every block, step,
     schedule and engine (attention, MLP, and the whole forward of the steps that compute everything,
@@ -470,6 +470,11 @@ def test_compiled_path_equals_eager_and_compiles_two_graphs_for_any_schedule():
     assert_close_fp32_reassociation(plain, uncached, m, nfe)
     assert counters["stats"]["unique_graphs"] == 4  # the whole forward, storing nothing
     assert torch.equal(sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, engine=CacheEngine(m, None, compile=True)), plain)
+    drop = CacheSchedule.from_mask(flat, steps, policy="drop")  # its full steps run the uncached graph
+    drop_fast, drop_ref = CacheEngine(m, drop, compile=True), CacheEngine(m, drop)
+    assert_close_fp32_reassociation(sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=drop, engine=drop_fast),
+                                    sample(m, noise, labels, nfe=nfe, cfg_scale=1.5, schedule=drop, engine=drop_ref), m, nfe)
+    assert (drop_fast.calls == drop_ref.calls).all()
     method = sample(m, noise, labels, nfe=nfe, cfg_scale=1.5,
                     engine=build_engine(m, "taylorseer", nfe=nfe, params={"interval": 2, "order": 1}, compile=True))
     assert_close_fp32_reassociation(method, sample(m, noise, labels, nfe=nfe, cfg_scale=1.5,
