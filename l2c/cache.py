@@ -215,46 +215,55 @@ class CacheSchedule:
             raise L2CError(f"{path}: cache schedule lacks the key {e}") from e
 
 
-_COMPILED_BRANCHES: dict[tuple[type, str, bool], Any] = {}  # (block class, branch, rewrites) -> compiled unbound branch
+def _rewrite_names(rewrites: bool | Sequence[str]) -> tuple[str, ...]:
+    """The graph rewrites of :mod:`l2c.compile_passes` to apply: ``True`` all, ``False`` none, or by name."""
+    from .compile_passes import REWRITES
+
+    return REWRITES if rewrites is True else () if rewrites is False else tuple(sorted(rewrites))
 
 
-def branch_function(block: nn.Module, name: str, compile: bool = False, rewrites: bool = True) -> Any:
+def _compiled(fn: Any, rewrites: tuple[str, ...]) -> Any:
+    from .compile_passes import inductor_options
+
+    return torch.compile(fn, dynamic=False, options=inductor_options(rewrites) if rewrites else None)
+
+
+_COMPILED_BRANCHES: dict[tuple[type, str, tuple[str, ...]], Any] = {}  # (block class, branch, rewrites) -> compiled unbound branch
+
+
+def branch_function(block: nn.Module, name: str, compile: bool = False, rewrites: bool | Sequence[str] = True) -> Any:
     """``block.<name>_branch`` as the model class defines it (bound to ``block``); with ``compile``,
     through one ``torch.compile``d function per block class and branch, shared by every block of
     that class and every engine of this process: parameters are graph inputs, so the 28 blocks of a
     DiT-XL/2 share two graphs (attention, MLP), whatever the schedule, step or caching method, and
     the cache engine's decisions stay eager Python around them. Compiled kernels are also cached on
     disk by inductor, so later processes on the machine load rather than compile them. The graphs
-    go through :mod:`l2c.compile_passes` (the same mathematics, computed faster; ``rewrites=False``:
-    compiled as the model class writes them, for benchmarks that measure the rewrites)."""
+    go through :mod:`l2c.compile_passes` (the same mathematics, computed faster; ``rewrites=False``
+    or a subset of their names: compiled as the model class writes them, or with some rewrites, for
+    benchmarks that measure the rewrites)."""
     fn = getattr(type(block), f"{name}_branch")
     if not compile:
         return fn.__get__(block)
     import functools
 
-    from .compile_passes import inductor_options
-
-    key = (type(block), name, rewrites)
+    key = (type(block), name, _rewrite_names(rewrites))
     if key not in _COMPILED_BRANCHES:
-        _COMPILED_BRANCHES[key] = torch.compile(fn, dynamic=False, options=inductor_options() if rewrites else None)
+        _COMPILED_BRANCHES[key] = _compiled(fn, key[2])
     return functools.partial(_COMPILED_BRANCHES[key], block)
 
 
-_COMPILED_FORWARDS: dict[tuple[type, bool], Any] = {}  # (model class, rewrites) -> compiled unbound forward
+_COMPILED_FORWARDS: dict[tuple[type, tuple[str, ...]], Any] = {}  # (model class, rewrites) -> compiled unbound forward
 
 
-def forward_function(model: nn.Module, rewrites: bool = True) -> Any:
+def forward_function(model: nn.Module, rewrites: bool | Sequence[str] = True) -> Any:
     """``model.forward`` through one ``torch.compile``d function per model class (parameters are graph
     inputs, as for :func:`branch_function`; the same rewrites): the whole network as one graph, so
     inductor also fuses what lies between the branches (gates, residual adds, adaLN, the final layer)
     and one guard check replaces one per branch. For calls that compute every branch
     (:class:`CacheEngine` ``whole=True``)."""
-    from .compile_passes import inductor_options
-
-    key = (type(model), rewrites)
+    key = (type(model), _rewrite_names(rewrites))
     if key not in _COMPILED_FORWARDS:
-        _COMPILED_FORWARDS[key] = torch.compile(type(model).forward, dynamic=False,
-                                                options=inductor_options() if rewrites else None)
+        _COMPILED_FORWARDS[key] = _compiled(type(model).forward, key[1])
     return _COMPILED_FORWARDS[key]
 
 
@@ -283,7 +292,7 @@ class CacheEngine:
     """
 
     def __init__(self, model: nn.Module, schedule: CacheSchedule | None = None, compile: bool = False,
-                 rewrites: bool = True, whole: bool = True):
+                 rewrites: bool | Sequence[str] = True, whole: bool = True):
         self.model = model
         self._forward = forward_function(model, rewrites) if compile and whole else None
         self.blocks = cacheable_blocks(model)

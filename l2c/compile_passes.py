@@ -1,17 +1,28 @@
-"""Graph rewrites of the compiled branches (``CacheEngine(compile=True)``, :func:`l2c.cache.branch_function`).
+"""Graph rewrites of the compiled paths (``CacheEngine(compile=True)``: :func:`l2c.cache.branch_function`,
+:func:`l2c.cache.forward_function`).
 
 The eager model is the official computation, bit for bit; the compiled path may compute the same
 mathematics another way where that is faster, within fp32 rounding of the eager result (tested in
-``tests/test_core.py``). One rewrite so far:
+``tests/test_core.py``). Two rewrites, each measured by ``python benchmarks/compile_rewrites.py``
+(the whole forward of the embedded models compiled with none, each and both of them, interleaved):
 
 - **GELU, tanh form** (DiT's MLP): ``0.5 x (1 + tanh(u))`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``
   equals ``x * sigmoid(2u)``; inductor's CPU kernel for the sigmoid form (one exp) runs 2.6-3.3x
   faster than ATen's or inductor's tanh form on the DiT row's MLP activations (two runs), and is
   about as close to the fp64 value (largest errors 5.2e-7 against 4.3e-7;
-  ``python benchmarks/gelu_forms.py``, ``results/benchmarks/gelu-forms-cpu.json``). The rewrite runs on Dynamo's graph before AOT autograd (inductor's
-  ``pre_grad_custom_pass``) and names itself in inductor's cache keys (``uuid``: this file's hash),
-  so a kernel compiled without it, or by another version of it, is never loaded for a graph
-  compiled with it.
+  ``python benchmarks/gelu_forms.py``, ``results/benchmarks/gelu-forms-cpu.json``). The rewrite runs
+  on Dynamo's graph before AOT autograd (inductor's ``pre_grad_custom_pass``).
+- **Linear bias out of the GEMM** (CPU): a linear layer lowers to ``addmm(bias, x, W^T)``, which
+  ATen runs as a copy of the broadcast bias into the output followed by a GEMM that reads that
+  output back (beta = 1): two passes over an output that at the workflow's batch does not fit in
+  this core's cache. ``add(mm(x, W^T), bias)`` instead lets inductor fold the bias into the kernel
+  that reads the product anyway (GELU, gate and residual, LayerNorm, the attention layout). Inductor
+  does this itself on GPUs only; here it runs on the ATen graph after inductor's own passes
+  (``post_grad_custom_post_pass``). The sums are the same numbers in another order (fp32 rounding).
+
+Both name themselves in inductor's cache keys (``uuid``: this file's hash and the rewrites chosen),
+so a kernel compiled without them, or by another version of them, is never loaded for a graph
+compiled with them.
 """
 from __future__ import annotations
 
@@ -52,23 +63,62 @@ def rewrite_tanh_gelu(graph: torch.fx.Graph) -> int:
     return len(found)
 
 
-_PASS: Any = None
-REWRITTEN = {"gelu_tanh": 0}  # rewrites made by inductor's runs of the pass in this process (a compile-cache hit runs none)
+def _bias_like(bias: torch.fx.Node, mat2: torch.fx.Node) -> bool:
+    """``bias`` is a 1-D vector broadcast over the GEMM's rows (a linear layer's bias), on the CPU."""
+    b, w = bias.meta.get("val"), mat2.meta.get("val")
+    return (isinstance(b, torch.Tensor) and isinstance(w, torch.Tensor) and b.device.type == "cpu"
+            and b.ndim == 1 and w.ndim == 2 and b.shape[0] == w.shape[1] and b.dtype == w.dtype)
 
 
-def inductor_options() -> dict[str, Any]:
-    """The ``torch.compile(options=...)`` of the compiled branches: the rewrites above as inductor's
-    pre-grad custom pass."""
-    global _PASS
-    if _PASS is None:
+def unfuse_linear_bias(graph: torch.fx.Graph) -> int:
+    """Replace every ``addmm(bias, x, w)`` of an ATen graph whose input is a linear layer's bias (1-D,
+    CPU, alpha = beta = 1) by ``add(mm(x, w), bias)``; returns how many it replaced."""
+    aten = torch.ops.aten
+    found = [n for n in graph.nodes if n.op == "call_function" and n.target is aten.addmm.default
+             and len(n.args) == 3 and not n.kwargs and _bias_like(n.args[0], n.args[2])]
+    for node in found:
+        bias, x, w = node.args
+        with graph.inserting_before(node):
+            product = graph.call_function(aten.mm.default, (x, w))
+            total = graph.call_function(aten.add.Tensor, (product, bias))
+        product.meta.update(node.meta)
+        total.meta.update(node.meta)
+        node.replace_all_uses_with(total)
+        graph.erase_node(node)
+    return len(found)
+
+
+REWRITES = ("gelu_tanh", "linear_bias")
+REWRITTEN = {name: 0 for name in REWRITES}  # rewrites made by inductor's runs of the passes in this process (a compile-cache hit runs none)
+_PASSES: dict[tuple[str, str], Any] = {}
+
+
+def _graph_pass(name: str, stage: str, rewrite: Any) -> Any:
+    """The rewrite as an inductor custom graph pass (one object per rewrite, so inductor's cache keys
+    see the same uuid in every compile of this process)."""
+    if (name, stage) not in _PASSES:
         from torch._inductor.custom_graph_pass import CustomGraphPass
 
-        class _Rewrites(CustomGraphPass):
+        class _Rewrite(CustomGraphPass):
             def __call__(self, graph: torch.fx.Graph) -> None:
-                REWRITTEN["gelu_tanh"] += rewrite_tanh_gelu(graph)
+                REWRITTEN[name] += rewrite(graph)
 
             def uuid(self) -> str:
-                return PASS_VERSION
+                return f"{PASS_VERSION}-{name}"
 
-        _PASS = _Rewrites()
-    return {"pre_grad_custom_pass": _PASS}
+        _PASSES[(name, stage)] = _Rewrite()
+    return _PASSES[(name, stage)]
+
+
+def inductor_options(rewrites: tuple[str, ...] | list[str] = REWRITES) -> dict[str, Any]:
+    """The ``torch.compile(options=...)`` of the compiled paths: the chosen rewrites above (all by
+    default) as inductor's custom graph passes."""
+    unknown = set(rewrites) - set(REWRITES)
+    if unknown:
+        raise ValueError(f"unknown graph rewrites {sorted(unknown)}: expected some of {list(REWRITES)}")
+    options: dict[str, Any] = {}
+    if "gelu_tanh" in rewrites:
+        options["pre_grad_custom_pass"] = _graph_pass("gelu_tanh", "pre_grad", rewrite_tanh_gelu)
+    if "linear_bias" in rewrites:
+        options["post_grad_custom_post_pass"] = _graph_pass("linear_bias", "post_grad", unfuse_linear_bias)
+    return options

@@ -414,16 +414,50 @@ def test_compiled_branches_compute_the_tanh_gelu_as_a_sigmoid_within_fp32_roundi
 
     from l2c.cache import branch_function
     from l2c.compile_passes import REWRITTEN
-    before = REWRITTEN["gelu_tanh"]
+    before = dict(REWRITTEN)
     torch._dynamo.reset()
     try:
         with inductor_config.patch(fx_graph_cache=False), torch.no_grad():
             out = branch_function(blk, "mlp", compile=True)(h, shift, scale_)
     finally:
         torch._dynamo.reset()
-    assert REWRITTEN["gelu_tanh"] == before + 1
+    assert REWRITTEN["gelu_tanh"] == before["gelu_tanh"] + 1
+    assert REWRITTEN["linear_bias"] == before["linear_bias"] + 2  # fc1, fc2
     assert ((out - ref_out).abs().max() / ref_out.abs().max()) <= eps * width
-    assert inductor_options()["pre_grad_custom_pass"].uuid() == PASS_VERSION  # in inductor's cache keys
+    assert inductor_options()["pre_grad_custom_pass"].uuid() == f"{PASS_VERSION}-gelu_tanh"  # in inductor's cache keys
+
+
+def test_linear_bias_rewrite_moves_the_bias_out_of_the_gemm_on_cpu_only():
+    """l2c.compile_passes.unfuse_linear_bias: on the ATen graph of a linear layer (what inductor's
+    post-grad pass sees) every addmm with a 1-D CPU bias becomes mm + add, the graph computes the same
+    values to fp32 rounding, and an addmm whose input is not a bias vector is left alone; unknown
+    rewrite names are refused."""
+    import torch.nn.functional as F
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from l2c.compile_passes import inductor_options, unfuse_linear_bias
+    w1, b1, w2, b2 = torch.randn(12, 8), torch.randn(12), torch.randn(5, 12), torch.randn(5)
+    full = torch.randn(4, 3, 5)
+
+    def f(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+          full: torch.Tensor) -> torch.Tensor:
+        h = F.gelu(F.linear(x, w1, b1))
+        return F.linear(h, w2, b2) + torch.addmm(full.reshape(12, 5), h.reshape(12, 12), w2.t()).reshape(4, 3, 5)
+    args = (torch.randn(4, 3, 8), w1, b1, w2, b2, full)
+    gm = make_fx(f, tracing_mode="fake")(*args)
+    addmm = torch.ops.aten.addmm.default
+    assert sum(n.target is addmm for n in gm.graph.nodes) == 3
+    assert unfuse_linear_bias(gm.graph) == 2
+    gm.recompile()
+    assert sum(n.target is addmm for n in gm.graph.nodes) == 1  # the 2-D input stays fused
+    assert sum(n.target is torch.ops.aten.mm.default for n in gm.graph.nodes) == 2
+    assert torch.allclose(gm(*args), f(*args), rtol=1e-5, atol=1e-5)
+    gm = make_fx(f, tracing_mode="fake")(*(a.to("meta") for a in args))
+    assert unfuse_linear_bias(gm.graph) == 0  # not a CPU graph: left to inductor's own rules
+    with pytest.raises(ValueError, match="unknown graph rewrites"):
+        inductor_options(("gelu_tanh", "fuse_everything"))
+    assert set(inductor_options(("linear_bias",))) == {"post_grad_custom_post_pass"}
+    assert inductor_options(()) == {}
 
 
 @needs_compiler
