@@ -22,7 +22,14 @@ Model FLOPs: 2 x the MACs actually computed, in two conventions printed side by 
 attention matmuls, 2 x tokens^2 x width per attention layer). The ratio column is model rate /
 sgemm rate in the ``linear`` convention: the share of the machine's matmul rate that sampling turns
 into the layers the paper counts. Prints device, threads, dtype, torch version and git revision;
-``--json`` writes every number."""
+``--json`` writes every number.
+
+``--profile`` prints, instead of the rates, where the time of the compiled whole forward goes at
+the same batch (torch profiler with inductor's per-kernel records; self time of 20 calls after
+warm-up): the GEMMs, attention, inductor's fused kernels (norms, modulation, GELU, gates and
+residuals, layouts), the patch convolution, and the rest (the graph's Python wrapper, guards,
+allocation). The ratio above is about the GEMM share times the GEMMs' own rate in the model over
+the sgemm rate alone."""
 from __future__ import annotations
 
 import argparse
@@ -121,6 +128,36 @@ def sampling_rates(model: nn.Module, sampler: str, nfe: int, batch: int, schedul
     return {p: (statistics.median(times[p]), first[p]) for p in paths}
 
 
+GROUPS = (("gemm", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::copy_")),
+          ("attention", ("aten::_scaled_dot_product",)), ("fused kernels", ("graph_",)),
+          ("convolution", ("aten::mkldnn_convolution",)))
+
+
+def profile_forward(model: nn.Module, batch: int, calls: int = 20) -> dict[str, float]:
+    """Share of self time per group (``GROUPS``, rest ``other``) in ``calls`` compiled whole forwards."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from l2c.cache import forward_function
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2 * batch, model.in_channels, model.input_size, model.input_size, generator=g)
+    t, y = torch.rand(2 * batch, generator=g) * 999, torch.randint(model.num_classes, (2 * batch,), generator=g)
+    fn = forward_function(model)
+    with torch.no_grad():
+        for _ in range(3):
+            fn(model, x, t, y)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(calls):
+                fn(model, x, t, y)
+    shares = {name: 0.0 for name, _ in GROUPS} | {"other": 0.0}
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    for e in events:
+        group = next((name for name, prefixes in GROUPS if e.key.startswith(prefixes)), "other")
+        shares[group] += e.self_cpu_time_total / total
+    shares["ms_per_forward"] = total / 1e3 / calls
+    return shares
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -129,19 +166,33 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per path, interleaved across the paths")
     ap.add_argument("--no-compile", action="store_true", help="eager only")
+    ap.add_argument("--profile", action="store_true", help="print where the compiled forward's time goes, not the rates")
     ap.add_argument("--json")
     a = ap.parse_args()
+    if a.profile:
+        from torch._inductor import config as inductor_config
+        inductor_config.cpp.enable_kernel_profile = True  # before anything compiles: per-kernel records
+        inductor_config.fx_graph_cache = False  # a cached graph compiled without the records would hide its kernels
     rows = []
     for threads in a.threads:
         torch.set_num_threads(threads)
         env = environment_record("cpu", "fp32")
         print(f"\n{env['device_name']} | threads {threads} | fp32 | torch {env['torch']} | rev {env['git_revision']} | "
               f"batch {a.batch} (x2 CFG), NFE {a.nfe}")
-        print(f"{'model':6s}{'path':19s}{'schedule':10s}{'seconds':>9s}{'GFLOP/s lin':>13s}{'GFLOP/s all':>13s}"
-              f"{'sgemm GFLOP/s':>15s}{'ratio':>8s}{'1st run s':>11s}")
+        if a.profile:
+            print(f"{'model':6s}" + "".join(f"{name:>15s}" for name, _ in GROUPS) + f"{'other':>15s}{'ms/forward':>12s}")
+        else:
+            print(f"{'model':6s}{'path':19s}{'schedule':10s}{'seconds':>9s}{'GFLOP/s lin':>13s}{'GFLOP/s all':>13s}"
+                  f"{'sgemm GFLOP/s':>15s}{'ratio':>8s}{'1st run s':>11s}")
         for key in a.models:
             file, sampler = MODELS[key]
             model = load_model(EMBEDDED_DIR / file).eval()
+            if a.profile:
+                shares = profile_forward(model, a.batch)
+                rows.append({"model": key, "threads": threads, "batch": a.batch, "profile": shares, "environment": env})
+                print(f"{key:6s}" + "".join(f"{shares[name]:15.1%}" for name, _ in GROUPS)
+                      + f"{shares['other']:15.1%}{shares['ms_per_forward']:12.1f}", flush=True)
+                continue
             x = torch.zeros(2 * a.batch, model.in_channels, model.input_size, model.input_size)
             t, y = torch.zeros(2 * a.batch), torch.zeros(2 * a.batch, dtype=torch.long)
             shapes = linear_shapes(model, x, t, y)
