@@ -20,7 +20,8 @@ import torch
 from l2c.cache import forward_function
 from l2c.compile_passes import REWRITES
 from l2c.generate import EMBEDDED_DIR
-from l2c.io import environment_record, write_json
+from l2c.bench import cpu_threads_header
+from l2c.io import write_json
 from l2c.models import load_model
 
 MODELS = {"dit": "dit-digits.pt", "uvit": "uvit-digits.pt"}
@@ -38,10 +39,7 @@ def main() -> None:
     a = ap.parse_args()
     rows = []
     for threads in a.threads:
-        torch.set_num_threads(threads)
-        env = environment_record("cpu", "fp32")
-        print(f"\n{env['device_name']} | threads {threads} | fp32 | torch {env['torch']} | rev {env['git_revision']} | "
-              f"batch {a.batch} (x2 CFG), whole forward")
+        env = cpu_threads_header(threads, f"batch {a.batch} (x2 CFG), whole forward")
         print(f"{'model':6s}{'rewrites':14s}{'ms/forward':>12s}{'speedup':>9s}{'max |diff|/max|eager|':>24s}{'1st call s':>12s}")
         for key in a.models:
             model = load_model(EMBEDDED_DIR / MODELS[key]).eval()

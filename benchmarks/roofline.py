@@ -42,10 +42,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from l2c.bench import fraction_schedule
+from l2c.bench import cpu_threads_header, fraction_schedule
 from l2c.cache import CacheEngine
 from l2c.generate import EMBEDDED_DIR
-from l2c.io import environment_record, write_json
+from l2c.io import write_json
 from l2c.macs import count_model_macs, macs_report
 from l2c.models import load_model, num_sublayers
 from l2c.sampling import sample
@@ -175,10 +175,7 @@ def main() -> None:
         inductor_config.fx_graph_cache = False  # a cached graph compiled without the records would hide its kernels
     rows = []
     for threads in a.threads:
-        torch.set_num_threads(threads)
-        env = environment_record("cpu", "fp32")
-        print(f"\n{env['device_name']} | threads {threads} | fp32 | torch {env['torch']} | rev {env['git_revision']} | "
-              f"batch {a.batch} (x2 CFG), NFE {a.nfe}")
+        env = cpu_threads_header(threads, f"batch {a.batch} (x2 CFG), NFE {a.nfe}")
         if a.profile:
             print(f"{'model':6s}" + "".join(f"{name:>15s}" for name, _ in GROUPS) + f"{'other':>15s}{'ms/forward':>12s}")
         else:

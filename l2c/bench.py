@@ -22,6 +22,15 @@ from .sampling import sample
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cpu_threads_header(threads: int, what: str) -> dict[str, Any]:
+    """Set torch's CPU thread count, print the run's header line (CPU, threads, dtype, torch version,
+    git revision, ``what``) and return the environment record for the JSON rows."""
+    torch.set_num_threads(threads)
+    env = environment_record("cpu", "fp32")
+    print(f"\n{env['device_name']} | threads {threads} | fp32 | torch {env['torch']} | rev {env['git_revision']} | {what}")
+    return env
+
+
 def fraction_schedule(nfe: int, depth: int, fraction: float, sampler: str = "ddim", seed: int = 0) -> CacheSchedule:
     """Reuse a seeded random ``fraction`` of the sub-layers in every cache step (a bench schedule)."""
     rng = np.random.RandomState(seed)
