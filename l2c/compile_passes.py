@@ -14,8 +14,7 @@ mathematics another way where that is faster, within fp32 rounding of the eager 
   on Dynamo's graph before AOT autograd (inductor's ``pre_grad_custom_pass``).
 - **Linear bias out of the GEMM** (CPU): a linear layer lowers to ``addmm(bias, x, W^T)``, which
   ATen runs as a copy of the broadcast bias into the output followed by a GEMM that reads that
-  output back (beta = 1): two passes over an output that at the workflow's batch does not fit in
-  this core's cache. ``add(mm(x, W^T), bias)`` instead lets inductor fold the bias into the kernel
+  output back (beta = 1): two more passes over the output. ``add(mm(x, W^T), bias)`` instead lets inductor fold the bias into the kernel
   that reads the product anyway (GELU, gate and residual, LayerNorm, the attention layout). Inductor
   does this itself on GPUs only; here it runs on the ATen graph after inductor's own passes
   (``post_grad_custom_post_pass``). The sums are the same numbers in another order (fp32 rounding).
@@ -90,13 +89,13 @@ def unfuse_linear_bias(graph: torch.fx.Graph) -> int:
 
 REWRITES = ("gelu_tanh", "linear_bias")
 REWRITTEN = {name: 0 for name in REWRITES}  # rewrites made by inductor's runs of the passes in this process (a compile-cache hit runs none)
-_PASSES: dict[tuple[str, str], Any] = {}
+_PASSES: dict[str, Any] = {}
 
 
-def _graph_pass(name: str, stage: str, rewrite: Any) -> Any:
+def _graph_pass(name: str, rewrite: Any) -> Any:
     """The rewrite as an inductor custom graph pass (one object per rewrite, so inductor's cache keys
     see the same uuid in every compile of this process)."""
-    if (name, stage) not in _PASSES:
+    if name not in _PASSES:
         from torch._inductor.custom_graph_pass import CustomGraphPass
 
         class _Rewrite(CustomGraphPass):
@@ -106,8 +105,8 @@ def _graph_pass(name: str, stage: str, rewrite: Any) -> Any:
             def uuid(self) -> str:
                 return f"{PASS_VERSION}-{name}"
 
-        _PASSES[(name, stage)] = _Rewrite()
-    return _PASSES[(name, stage)]
+        _PASSES[name] = _Rewrite()
+    return _PASSES[name]
 
 
 def inductor_options(rewrites: tuple[str, ...] | list[str] = REWRITES) -> dict[str, Any]:
@@ -118,7 +117,7 @@ def inductor_options(rewrites: tuple[str, ...] | list[str] = REWRITES) -> dict[s
         raise ValueError(f"unknown graph rewrites {sorted(unknown)}: expected some of {list(REWRITES)}")
     options: dict[str, Any] = {}
     if "gelu_tanh" in rewrites:
-        options["pre_grad_custom_pass"] = _graph_pass("gelu_tanh", "pre_grad", rewrite_tanh_gelu)
+        options["pre_grad_custom_pass"] = _graph_pass("gelu_tanh", rewrite_tanh_gelu)
     if "linear_bias" in rewrites:
-        options["post_grad_custom_post_pass"] = _graph_pass("linear_bias", "post_grad", unfuse_linear_bias)
+        options["post_grad_custom_post_pass"] = _graph_pass("linear_bias", unfuse_linear_bias)
     return options
