@@ -17,10 +17,10 @@ import time
 
 import torch
 
+from l2c.bench import cpu_threads_header, forward_inputs
 from l2c.cache import forward_function
 from l2c.compile_passes import REWRITES
 from l2c.generate import EMBEDDED_DIR
-from l2c.bench import cpu_threads_header
 from l2c.io import write_json
 from l2c.models import load_model
 
@@ -43,11 +43,7 @@ def main() -> None:
         print(f"{'model':6s}{'rewrites':14s}{'ms/forward':>12s}{'speedup':>9s}{'max |diff|/max|eager|':>24s}{'1st call s':>12s}")
         for key in a.models:
             model = load_model(EMBEDDED_DIR / MODELS[key]).eval()
-            g = torch.Generator().manual_seed(0)
-            n = 2 * a.batch
-            x = torch.randn(n, model.in_channels, model.input_size, model.input_size, generator=g)
-            t = torch.rand(n, generator=g) * 999
-            y = torch.randint(model.num_classes, (n,), generator=g)
+            x, t, y = forward_inputs(model, 2 * a.batch)
             fns, first, diff = {}, {}, {}
             with torch.no_grad():
                 ref = model(x, t, y)

@@ -28,8 +28,9 @@ into the layers the paper counts. Prints device, threads, dtype, torch version a
 the same batch (torch profiler with inductor's per-kernel records; self time of 20 calls after
 warm-up): the GEMMs, attention, inductor's fused kernels (norms, modulation, GELU, gates and
 residuals, layouts), the patch convolution, and the rest (the graph's Python wrapper, guards,
-allocation). The ratio above is about the GEMM share times the GEMMs' own rate in the model over
-the sgemm rate alone."""
+allocation), with the GEMMs' rate inside the forward (the FLOPs of its linear layers over the GEMM
+share of its time) beside the sgemm rate alone. The ratio above is about the GEMM share times the
+first over the second."""
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from l2c.bench import cpu_threads_header, fraction_schedule
+from l2c.bench import cpu_threads_header, forward_inputs, fraction_schedule
 from l2c.cache import CacheEngine
 from l2c.generate import EMBEDDED_DIR
 from l2c.io import write_json
@@ -138,9 +139,7 @@ def profile_forward(model: nn.Module, batch: int, calls: int = 20) -> dict[str, 
     from torch.profiler import ProfilerActivity, profile
 
     from l2c.cache import forward_function
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2 * batch, model.in_channels, model.input_size, model.input_size, generator=g)
-    t, y = torch.rand(2 * batch, generator=g) * 999, torch.randint(model.num_classes, (2 * batch,), generator=g)
+    x, t, y = forward_inputs(model, 2 * batch)
     fn = forward_function(model)
     with torch.no_grad():
         for _ in range(3):
@@ -177,23 +176,26 @@ def main() -> None:
     for threads in a.threads:
         env = cpu_threads_header(threads, f"batch {a.batch} (x2 CFG), NFE {a.nfe}")
         if a.profile:
-            print(f"{'model':6s}" + "".join(f"{name:>15s}" for name, _ in GROUPS) + f"{'other':>15s}{'ms/forward':>12s}")
+            print(f"{'model':6s}" + "".join(f"{name:>15s}" for name, _ in GROUPS) + f"{'other':>15s}{'ms/forward':>12s}"
+                  f"{'GEMM GFLOP/s':>14s}{'sgemm GFLOP/s':>15s}")
         else:
             print(f"{'model':6s}{'path':19s}{'schedule':10s}{'seconds':>9s}{'GFLOP/s lin':>13s}{'GFLOP/s all':>13s}"
                   f"{'sgemm GFLOP/s':>15s}{'ratio':>8s}{'1st run s':>11s}")
         for key in a.models:
             file, sampler = MODELS[key]
             model = load_model(EMBEDDED_DIR / file).eval()
-            if a.profile:
-                shares = profile_forward(model, a.batch)
-                rows.append({"model": key, "threads": threads, "batch": a.batch, "profile": shares, "environment": env})
-                print(f"{key:6s}" + "".join(f"{shares[name]:15.1%}" for name, _ in GROUPS)
-                      + f"{shares['other']:15.1%}{shares['ms_per_forward']:12.1f}", flush=True)
-                continue
             x = torch.zeros(2 * a.batch, model.in_channels, model.input_size, model.input_size)
             t, y = torch.zeros(2 * a.batch), torch.zeros(2 * a.batch, dtype=torch.long)
             shapes = linear_shapes(model, x, t, y)
             peak = sgemm_rate(shapes, a.repeats + 1)
+            if a.profile:  # the GEMMs' rate inside the forward: their FLOPs over their share of its time
+                shares = profile_forward(model, a.batch)
+                gemm = sum(2.0 * rows * k * n for rows, k, n, _ in shapes) / (shares["gemm"] * shares["ms_per_forward"] / 1e3)
+                shares |= {"gemm_gflops_in_model": gemm / 1e9, "sgemm_gflops": peak / 1e9}
+                rows.append({"model": key, "threads": threads, "batch": a.batch, "profile": shares, "environment": env})
+                print(f"{key:6s}" + "".join(f"{shares[name]:15.1%}" for name, _ in GROUPS)
+                      + f"{shares['other']:15.1%}{shares['ms_per_forward']:12.1f}{gemm / 1e9:14.1f}{peak / 1e9:15.1f}", flush=True)
+                continue
             mm = count_model_macs(model, x[:1], t[:1], y[:1])
             tokens = (model.input_size // model.patch_size) ** 2 + getattr(model, "extras", 0)
             attn = attention_macs(model, tokens)

@@ -31,6 +31,13 @@ def cpu_threads_header(threads: int, what: str) -> dict[str, Any]:
     return env
 
 
+def forward_inputs(model: nn.Module, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded inputs of one model call on ``n`` images: noise, timesteps in [0, 999), labels."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, model.in_channels, model.input_size, model.input_size, generator=g)
+    return x, torch.rand(n, generator=g) * 999, torch.randint(model.num_classes, (n,), generator=g)
+
+
 def fraction_schedule(nfe: int, depth: int, fraction: float, sampler: str = "ddim", seed: int = 0) -> CacheSchedule:
     """Reuse a seeded random ``fraction`` of the sub-layers in every cache step (a bench schedule)."""
     rng = np.random.RandomState(seed)

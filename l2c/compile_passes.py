@@ -14,8 +14,9 @@ mathematics another way where that is faster, within fp32 rounding of the eager 
   on Dynamo's graph before AOT autograd (inductor's ``pre_grad_custom_pass``).
 - **Linear bias out of the GEMM** (CPU): a linear layer lowers to ``addmm(bias, x, W^T)``, which
   ATen runs as a copy of the broadcast bias into the output followed by a GEMM that reads that
-  output back (beta = 1): two more passes over the output. ``add(mm(x, W^T), bias)`` instead lets inductor fold the bias into the kernel
-  that reads the product anyway (GELU, gate and residual, LayerNorm, the attention layout). Inductor
+  output back (beta = 1): two more passes over the output. ``add(mm(x, W^T), bias)`` instead lets
+  inductor fold the bias into the kernel that reads the product anyway (GELU, gate and residual,
+  LayerNorm, the attention layout). Inductor
   does this itself on GPUs only; here it runs on the ATen graph after inductor's own passes
   (``post_grad_custom_post_pass``). The sums are the same numbers in another order (fp32 rounding).
 
@@ -87,16 +88,21 @@ def unfuse_linear_bias(graph: torch.fx.Graph) -> int:
     return len(found)
 
 
-REWRITES = ("gelu_tanh", "linear_bias")
+# name -> (inductor option that runs it, the rewrite): Dynamo's graph before AOT autograd, or the
+# ATen graph after inductor's own passes
+_REWRITE_STAGES = {"gelu_tanh": ("pre_grad_custom_pass", rewrite_tanh_gelu),
+                   "linear_bias": ("post_grad_custom_post_pass", unfuse_linear_bias)}
+REWRITES = tuple(_REWRITE_STAGES)
 REWRITTEN = {name: 0 for name in REWRITES}  # rewrites made by inductor's runs of the passes in this process (a compile-cache hit runs none)
 _PASSES: dict[str, Any] = {}
 
 
-def _graph_pass(name: str, rewrite: Any) -> Any:
+def _graph_pass(name: str) -> Any:
     """The rewrite as an inductor custom graph pass (one object per rewrite, so inductor's cache keys
     see the same uuid in every compile of this process)."""
     if name not in _PASSES:
         from torch._inductor.custom_graph_pass import CustomGraphPass
+        rewrite = _REWRITE_STAGES[name][1]
 
         class _Rewrite(CustomGraphPass):
             def __call__(self, graph: torch.fx.Graph) -> None:
@@ -115,9 +121,4 @@ def inductor_options(rewrites: tuple[str, ...] | list[str] = REWRITES) -> dict[s
     unknown = set(rewrites) - set(REWRITES)
     if unknown:
         raise ValueError(f"unknown graph rewrites {sorted(unknown)}: expected some of {list(REWRITES)}")
-    options: dict[str, Any] = {}
-    if "gelu_tanh" in rewrites:
-        options["pre_grad_custom_pass"] = _graph_pass("gelu_tanh", rewrite_tanh_gelu)
-    if "linear_bias" in rewrites:
-        options["post_grad_custom_post_pass"] = _graph_pass("linear_bias", unfuse_linear_bias)
-    return options
+    return {_REWRITE_STAGES[name][0]: _graph_pass(name) for name in rewrites}
